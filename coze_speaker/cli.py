@@ -1,0 +1,171 @@
+"""The `coze-speaker` command line: voices, clone, say, and (later) the daemon.
+
+Errors come out as one clear line and exit code 1; usage errors exit 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from . import __version__
+from .config import EMOTIONS, Config, ConfigError, load_config
+from .coze import CozeClient, CozeError
+
+log = logging.getLogger("coze_speaker")
+
+
+class CommandError(Exception):
+    """A failure the user can fix, reported as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coze-speaker",
+        description="Make a headless speaker talk: MQTT announcements voiced by Coze text-to-speech.",
+    )
+    parser.add_argument("-c", "--config", metavar="CONFIG",
+                        help="config file (default: $COZE_SPEAKER_CONFIG, ./config.yaml, /etc/coze-speaker/config.yaml)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("voices", help="list the Coze voices this token can use")
+    p.add_argument("--json", action="store_true", help="print a JSON list of every voice")
+    p.add_argument("--custom", action="store_true", help="only custom (cloned) voices, no system voices")
+    p.add_argument("--model", choices=("big", "small"), help="only voices of this model type")
+    p.add_argument("--state", choices=("init", "cloned", "all"), default=None,
+                   help="clone state to list (Coze's default: cloned)")
+    p.set_defaults(func=cmd_voices)
+
+    p = sub.add_parser("clone", help="clone a voice from a recording (billed by Coze per voice)")
+    p.add_argument("file", metavar="FILE", help="recording: wav, mp3, ogg, m4a, aac or pcm (24 kHz mono), at most 10 MB")
+    p.add_argument("--name", required=True, help="name of the new voice (at most 128 bytes)")
+    p.add_argument("--language", choices=("zh", "en", "ja", "es", "id", "pt"), help="language spoken in the recording")
+    p.add_argument("--text", help="what the recording says (Coze compares it, error 1109 if too different)")
+    p.add_argument("--preview-text", help="text for the preview Coze generates")
+    p.add_argument("--voice-id", help="re-train this existing voice instead of creating a new one")
+    p.add_argument("--space-id", help="workspace to save the voice in")
+    p.add_argument("--format", dest="audio_format", help="audio format, when the file suffix does not say")
+    p.set_defaults(func=cmd_clone)
+
+    p = sub.add_parser("say", help="speak a phrase (or write it to a WAV file)")
+    p.add_argument("text", metavar="TEXT", help="what to say; '-' reads standard input")
+    p.add_argument("--voice", help="voice_id (default: coze.voice_id)")
+    p.add_argument("--emotion", choices=EMOTIONS, help="emotion, for multi-emotion voices")
+    p.add_argument("--speed", type=float, help="speaking rate, 0.2 to 3 (default: coze.speed)")
+    p.add_argument("--output", "-o", metavar="FILE.wav", help="write a WAV file instead of playing")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the phrase cache")
+    p.set_defaults(func=cmd_say)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args, lambda: _load(args))
+    except (CozeError, ConfigError, CommandError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    return 1
+
+
+def setup_logging(verbosity: int, level: Optional[str] = None) -> None:
+    """Log to stderr without timestamps: journald and terminals add their own."""
+    if verbosity >= 2:
+        level = "debug"
+    elif verbosity == 1:
+        level = "info"
+    logging.basicConfig(level=(level or "warning").upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _fail(message: str) -> None:
+    lines = message.strip().splitlines() or ["failed"]
+    print(f"coze-speaker: error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if not args.verbose:
+        logging.getLogger().setLevel(config.logging.level.upper())
+    return config
+
+
+Loader = Callable[[], Config]
+
+
+def _client(config: Config) -> CozeClient:
+    return CozeClient.from_config(config.coze)
+
+
+# -- voices ------------------------------------------------------------------------------
+
+def cmd_voices(args: argparse.Namespace, load: Loader) -> int:
+    config = load()
+    with _client(config) as client:
+        voices = list(client.list_voices(filter_system_voice=args.custom, model_type=args.model,
+                                         voice_state=args.state))
+    if args.json:
+        json.dump(voices, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(format_voice_table(voices))
+    return 0
+
+
+def format_voice_table(voices: list[dict]) -> str:
+    """A plain table that fits a terminal: name, id, model, language, emotions, kind."""
+    header = ("NAME", "VOICE_ID", "MODEL", "LANGUAGE", "EMOTIONS", "KIND")
+    rows = [header]
+    for v in voices:
+        emotions = ",".join(e.get("emotion", "") for e in (v.get("support_emotions") or []) if isinstance(e, dict))
+        rows.append((
+            str(v.get("name") or ""), str(v.get("voice_id") or ""), str(v.get("model_type") or ""),
+            str(v.get("language_code") or v.get("language_name") or ""), emotions or "-",
+            "system" if v.get("is_system_voice") else "custom",
+        ))
+    widths = [min(40, max(len(r[i]) for r in rows)) for i in range(len(header))]
+    lines = ["  ".join(cell[:widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.append(f"{len(voices)} voice(s)")
+    return "\n".join(lines)
+
+
+# -- clone -------------------------------------------------------------------------------
+
+def cmd_clone(args: argparse.Namespace, load: Loader) -> int:
+    config = load()
+    with _client(config) as client:
+        voice_id = client.clone_voice(args.file, args.name, audio_format=args.audio_format,
+                                      language=args.language, voice_id=args.voice_id, text=args.text,
+                                      preview_text=args.preview_text, space_id=args.space_id)
+    print(voice_id)
+    return 0
+
+
+# -- say ---------------------------------------------------------------------------------
+
+def cmd_say(args: argparse.Namespace, load: Loader) -> int:
+    from .speech import SpeechRequest, write_wav_file
+
+    config = load()
+    text = sys.stdin.read() if args.text == "-" else args.text
+    request = SpeechRequest.from_config(config, text, voice_id=args.voice, emotion=args.emotion,
+                                        speed=args.speed)
+    if args.output is None:
+        raise CommandError("playing through the speaker is not available yet; use --output FILE.wav")
+    with _client(config) as client:
+        frames = write_wav_file(args.output, client, request)
+    print(f"wrote {args.output}: {frames / request.sample_rate:.2f} s at {request.sample_rate} Hz")
+    return 0

@@ -1,0 +1,164 @@
+"""Sound shaping at play time: volume, chime, pre-roll silence. Never cached.
+
+Pure Python over ``array('h')`` (no numpy on a Pi, ``audioop`` is gone in 3.13): volume is a
+lookup table applied with ``map``, which runs at C speed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import wave
+from array import array
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+BIG_ENDIAN = sys.byteorder == "big"
+
+
+class ChimeError(ValueError):
+    """A chime that cannot be used: unknown name, outside the chimes folder, unreadable."""
+
+
+def _samples(pcm: bytes) -> array:
+    a = array("h")
+    a.frombytes(pcm)
+    if BIG_ENDIAN:
+        a.byteswap()
+    return a
+
+
+def _pcm(samples: array) -> bytes:
+    if BIG_ENDIAN:
+        samples = array("h", samples)
+        samples.byteswap()
+    return samples.tobytes()
+
+
+@lru_cache(maxsize=8)
+def _gain_table(volume: int) -> tuple:
+    """Sample value -> scaled value for every 16-bit sample, indexed by value + 32768."""
+    gain = volume_gain(volume)
+    return tuple(int(round(v * gain)) for v in range(-32768, 32768))
+
+
+def volume_gain(volume: int) -> float:
+    """Perceived loudness 0..100 to an amplitude factor (100 = unchanged, 0 = silent).
+
+    A cubic curve: 50 sounds about half as loud, which a linear factor does not.
+    """
+    volume = max(0, min(100, int(volume)))
+    return (volume / 100.0) ** 3 if volume < 100 else 1.0
+
+
+def apply_volume(pcm: bytes, volume: int) -> bytes:
+    """Scale s16 samples for a volume 0..100; 100 returns the input untouched."""
+    if volume >= 100 or not pcm:
+        return pcm
+    if volume <= 0:
+        return bytes(len(pcm))
+    table = _gain_table(int(volume))
+    samples = _samples(pcm)
+    return _pcm(array("h", map(table.__getitem__, map((32768).__add__, samples))))
+
+
+def silence(rate: int, ms: int) -> bytes:
+    """ms milliseconds of silence at rate, in whole frames."""
+    return bytes(2 * (rate * max(0, ms) // 1000))
+
+
+@lru_cache(maxsize=8)
+def builtin_chime(rate: int) -> bytes:
+    """A short two-tone ding (E6 then C6, bell-like decay), made in code at the play rate."""
+    out = array("h")
+    for freq, start, length in ((1318.5, 0.0, 0.45), (1046.5, 0.16, 0.6)):
+        begin = int(start * rate)
+        n = int(length * rate)
+        if len(out) < begin + n:
+            out.extend([0] * (begin + n - len(out)))
+        for i in range(n):
+            t = i / rate
+            attack = min(1.0, t / 0.005)
+            env = attack * math.exp(-t * 7.0)
+            tone = math.sin(2 * math.pi * freq * t) + 0.25 * math.sin(2 * math.pi * 2 * freq * t)
+            out[begin + i] = max(-32767, min(32767, out[begin + i] + int(9000 * env * tone)))
+    out.extend([0] * int(0.12 * rate))  # a breath between the ding and the voice
+    return _pcm(out)
+
+
+def load_chime(name: str, chimes_dir: Optional[Path], rate: int) -> bytes:
+    """PCM of a named chime: 'builtin', or NAME(.wav) inside chimes_dir, converted to rate.
+
+    A name can only pick a file directly inside the configured folder: no paths.
+    """
+    if name == "builtin":
+        return builtin_chime(rate)
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+        raise ChimeError(f"chime {name!r} is not a plain name")
+    if chimes_dir is None:
+        raise ChimeError(f"chime {name!r}: no chimes folder configured (audio.chimes_dir)")
+    folder = Path(chimes_dir).resolve()
+    path = folder / (name if name.endswith(".wav") else name + ".wav")
+    if path.resolve().parent != folder or not path.is_file():
+        raise ChimeError(f"chime {name!r} not found in {folder}")
+    return _load_wav_cached(str(path), path.stat().st_mtime_ns, rate)
+
+
+@lru_cache(maxsize=16)
+def _load_wav_cached(path: str, mtime_ns: int, rate: int) -> bytes:
+    return read_wav_as(path, rate)
+
+
+def read_wav_as(path: str, rate: int) -> bytes:
+    """A WAV file as s16 mono at rate (mixed down, linearly resampled): for short sounds."""
+    try:
+        with wave.open(path, "rb") as wav:
+            channels, width, src_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError, OSError) as exc:
+        raise ChimeError(f"cannot read {path}: {exc}") from None
+    samples = _to_s16(raw, width)
+    if channels > 1:
+        samples = array("h", (sum(samples[i:i + channels]) // channels for i in range(0, len(samples), channels)))
+    return _pcm(resample(samples, src_rate, rate))
+
+
+def _to_s16(raw: bytes, width: int) -> array:
+    if width == 2:
+        return _samples(raw)
+    if width == 1:
+        return array("h", ((b - 128) << 8 for b in raw))
+    if width in (3, 4):
+        return array("h", (int.from_bytes(raw[i + width - 2:i + width], "little", signed=True)
+                           for i in range(0, len(raw) - width + 1, width)))
+    raise ChimeError(f"unsupported sample width {width}")
+
+
+def resample(samples: array, src_rate: int, dst_rate: int) -> array:
+    """Linear interpolation: good enough for a chime, never used on speech."""
+    if src_rate == dst_rate or not samples:
+        return samples
+    n_out = max(1, int(len(samples) * dst_rate / src_rate))
+    step = src_rate / dst_rate
+    last = len(samples) - 1
+    out = array("h", bytes(2 * n_out))
+    for i in range(n_out):
+        pos = i * step
+        j = int(pos)
+        if j >= last:
+            out[i] = samples[last]
+        else:
+            frac = pos - j
+            out[i] = int(samples[j] + (samples[j + 1] - samples[j]) * frac)
+    return out
+
+
+def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optional[bytes] = None,
+          preroll_ms: int = 0) -> Iterator[bytes]:
+    """The stream the player gets: pre-roll silence, then chime, then the speech, all at volume."""
+    lead = silence(rate, preroll_ms) + apply_volume(chime or b"", volume)
+    if lead:
+        yield lead
+    for chunk in chunks:
+        yield apply_volume(chunk, volume)

@@ -1,0 +1,98 @@
+"""What to synthesize and how: one announcement's text, split into pieces, as PCM audio.
+
+The pieces are synthesized one after another into one continuous stream of s16 mono
+frames at the play rate, so callers never see the 1024-byte limit of the API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+from .coze import CozeClient, CozeValidationError, SpeechParams
+from .textsplit import split_text
+
+DEFAULT_PLAY_RATE = 48000
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    """A validated text and the Coze parameters that voice it, split into API-sized pieces."""
+
+    text: str
+    params: SpeechParams
+    pieces: tuple = ()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.params.sample_rate
+
+    @classmethod
+    def from_config(cls, config: Any, text: str, *, voice_id: Optional[str] = None,
+                    emotion: Optional[str] = None, emotion_scale: Optional[float] = None,
+                    speed: Optional[float] = None, loudness_rate: Optional[int] = None,
+                    context_texts: Optional[str] = None, sample_rate: Optional[int] = None) -> "SpeechRequest":
+        """Config defaults overridden by what one announcement asks for; raises on bad input."""
+        coze = config.coze
+        rate = sample_rate or config.audio.sample_rate
+        if rate == "auto":
+            rate = DEFAULT_PLAY_RATE
+        voice = voice_id or coze.voice_id
+        if not voice:
+            raise CozeValidationError("voice_id", "no voice chosen: set coze.voice_id in the config or pass a voice "
+                                      "(`coze-speaker voices` lists them)")
+        params = SpeechParams(
+            voice_id=voice,
+            response_format="pcm",
+            sample_rate=rate,
+            speed=coze.speed if speed is None else speed,
+            emotion=coze.emotion if emotion is None else emotion,
+            emotion_scale=coze.emotion_scale if emotion_scale is None else emotion_scale,
+            loudness_rate=coze.loudness_rate if loudness_rate is None else loudness_rate,
+            context_texts=coze.context_texts if context_texts is None else context_texts,
+        )
+        return cls.build(text, params, max_text_bytes=config.limits.max_text_bytes)
+
+    @classmethod
+    def build(cls, text: str, params: SpeechParams, *, max_text_bytes: int = 8192) -> "SpeechRequest":
+        if not isinstance(text, str) or not text.strip():
+            raise CozeValidationError("text", "is empty")
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > max_text_bytes:
+            raise CozeValidationError("text", f"is {size} UTF-8 bytes, the limit is {max_text_bytes} (limits.max_text_bytes)")
+        params.validate()
+        return cls(text.strip(), params, tuple(split_text(text)))
+
+    def with_params(self, **changes: Any) -> "SpeechRequest":
+        return dataclasses.replace(self, params=dataclasses.replace(self.params, **changes))
+
+
+def synthesize_pcm(client: CozeClient, request: SpeechRequest) -> Iterator[bytes]:
+    """The whole request as PCM chunks, piece after piece, straight from Coze."""
+    for piece in request.pieces:
+        yield from client.speech(piece, request.params)
+
+
+def write_wav_file(path: Union[str, Path], client: CozeClient, request: SpeechRequest) -> int:
+    """Synthesize into a standard WAV file (s16 mono), atomically; returns the frame count."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    frames = 0
+    try:
+        with open(tmp, "wb") as fh:
+            with wave.open(fh, "wb") as wav:
+                wav.setnchannels(1)
+                wav.setsampwidth(2)
+                wav.setframerate(request.sample_rate)
+                for chunk in synthesize_pcm(client, request):
+                    wav.writeframesraw(chunk)
+                    frames += len(chunk) // 2
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return frames
