@@ -13,7 +13,10 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .config import EMOTIONS, Config, ConfigError, load_config
+from .cache import CacheError
 from .coze import CozeClient, CozeError
+from .players import PlayerError
+from .shaping import ChimeError
 
 log = logging.getLogger("coze_speaker")
 
@@ -61,6 +64,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE.wav", help="write a WAV file instead of playing")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the phrase cache")
     p.set_defaults(func=cmd_say)
+
+    p = sub.add_parser("run", help="run the MQTT announcement daemon")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("devices", help="list audio output devices and the sample rates they play natively")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("doctor", help="check the config, the token, the broker, the audio device and the cache")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("cache", help="inspect and manage the phrase cache")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    csub.required = True
+    csub.add_parser("stats", help="entries, size, hits and misses").set_defaults(func=cmd_cache_stats)
+    csub.add_parser("clear", help="remove every cached phrase").set_defaults(func=cmd_cache_clear)
+    csub.add_parser("prune", help="evict down to cache.max_size_mb and remove leftovers").set_defaults(func=cmd_cache_prune)
+    csub.add_parser("verify", help="check every entry and remove broken ones").set_defaults(func=cmd_cache_verify)
+    w = csub.add_parser("warm", help="synthesize phrases ahead of time (skips those already cached)")
+    w.add_argument("file", metavar="FILE",
+                   help="one phrase per line, or a YAML list of phrases or {text, voice, emotion, speed}")
+    w.set_defaults(func=cmd_cache_warm)
     return parser
 
 
@@ -70,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(args.verbose)
     try:
         return args.func(args, lambda: _load(args))
-    except (CozeError, ConfigError, CommandError) as exc:
+    except (CozeError, ConfigError, CommandError, PlayerError, CacheError, ChimeError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else ""))
@@ -157,15 +181,162 @@ def cmd_clone(args: argparse.Namespace, load: Loader) -> int:
 # -- say ---------------------------------------------------------------------------------
 
 def cmd_say(args: argparse.Namespace, load: Loader) -> int:
-    from .speech import SpeechRequest, write_wav_file
+    from .shaping import load_chime
+    from .speech import SpeechRequest
 
     config = load()
     text = sys.stdin.read() if args.text == "-" else args.text
+    rate = _play_rate(config, for_file=args.output is not None)
     request = SpeechRequest.from_config(config, text, voice_id=args.voice, emotion=args.emotion,
-                                        speed=args.speed)
-    if args.output is None:
-        raise CommandError("playing through the speaker is not available yet; use --output FILE.wav")
-    with _client(config) as client:
-        frames = write_wav_file(args.output, client, request)
-    print(f"wrote {args.output}: {frames / request.sample_rate:.2f} s at {request.sample_rate} Hz")
+                                        speed=args.speed, sample_rate=rate)
+    with _source(config) as source:
+        speech = source.open(request, use_cache=not args.no_cache)
+        if args.output is not None:
+            from .speech import write_wav
+            frames = write_wav(args.output, speech, rate)
+            print(f"wrote {args.output}: {frames / rate:.2f} s at {rate} Hz" + (" (cached)" if speech.cached else ""))
+            return 0
+        from .players import make_player
+        from .speaker import Speaker
+
+        chime = None if config.audio.chime == "none" else load_chime(config.audio.chime, config.audio.chimes_dir, rate)
+        with make_player(config.audio.backend, config.audio.device) as player:
+            speaker = Speaker(player, rate=rate, preroll_ms=config.audio.preroll_ms)
+            speaker.speak(speech, volume=config.audio.volume, chime=chime)
     return 0
+
+
+def _play_rate(config: Config, *, for_file: bool = False) -> int:
+    from .devices import resolve_sample_rate
+    from .speech import DEFAULT_PLAY_RATE
+
+    if config.audio.sample_rate == "auto" and for_file:
+        return DEFAULT_PLAY_RATE
+    return resolve_sample_rate(config.audio.sample_rate, config.audio.device)
+
+
+class _source:
+    """The cache and (when a token is set) Coze, as one AudioSource, closed afterwards."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __enter__(self):
+        from urllib.parse import urlsplit
+
+        from .cache import PhraseCache
+        from .costguard import CostGuard
+        from .speaker import AudioSource
+
+        config = self.config
+        self.cache = PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
+        self.client = _client(config) if config.coze.token else None
+        guard = CostGuard(config.limits.max_requests_per_hour, config.limits.max_chars_per_day)
+        return AudioSource(self.client, self.cache, guard=guard, host=urlsplit(config.coze.base_url).netloc)
+
+    def __exit__(self, *exc) -> None:
+        self.cache.close()
+        if self.client is not None:
+            self.client.close()
+
+
+# -- run ---------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, load: Loader) -> int:
+    from .daemon import Daemon
+
+    config = load()
+    if not args.verbose:
+        setup_logging(0, config.logging.level)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return Daemon(config).run()
+
+
+# -- devices -----------------------------------------------------------------------------
+
+def cmd_devices(args: argparse.Namespace, load: Loader) -> int:
+    from .devices import format_devices, list_devices
+
+    devices = list_devices()
+    print(format_devices(devices))
+    return 0
+
+
+# -- cache -------------------------------------------------------------------------------
+
+def _cache(config: Config):
+    from .cache import PhraseCache
+
+    return PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _when(ts: Optional[float]) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def cmd_cache_stats(args: argparse.Namespace, load: Loader) -> int:
+    with _cache(load()) as cache:
+        s = cache.stats()
+    lookups = s.hits + s.misses
+    print(f"directory  {s.dir}")
+    print(f"entries    {s.entries}")
+    print(f"size       {_size(s.bytes)} of {_size(s.max_bytes)}")
+    print(f"hits       {s.hits}" + (f" ({100 * s.hits / lookups:.0f}% of {lookups} lookups)" if lookups else ""))
+    print(f"misses     {s.misses}")
+    print(f"oldest     {_when(s.oldest)}")
+    print(f"newest     {_when(s.newest)}")
+    return 0
+
+
+def cmd_cache_clear(args: argparse.Namespace, load: Loader) -> int:
+    with _cache(load()) as cache:
+        print(f"removed {cache.clear()} cached phrase(s)")
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace, load: Loader) -> int:
+    with _cache(load()) as cache:
+        removed, freed = cache.prune()
+    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}, freed {_size(freed)}")
+    return 0
+
+
+def cmd_cache_verify(args: argparse.Namespace, load: Loader) -> int:
+    with _cache(load()) as cache:
+        checked, removed = cache.verify()
+    print(f"checked {checked} entr{'y' if checked == 1 else 'ies'}, removed {len(removed)} broken")
+    return 0
+
+
+def cmd_cache_warm(args: argparse.Namespace, load: Loader) -> int:
+    from .warm import read_phrases, warm
+
+    config = load()
+    try:
+        phrases = read_phrases(args.file)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    rate = _play_rate(config, for_file=False)
+    with _source(config) as source:
+        report = warm(config, source, phrases, rate=rate, progress=sys.stderr.isatty())
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+# -- doctor ------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace, load: Loader) -> int:
+    from .doctor import run_checks
+
+    return run_checks(args.config)

@@ -156,9 +156,16 @@ def resample(samples: array, src_rate: int, dst_rate: int) -> array:
 
 def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optional[bytes] = None,
           preroll_ms: int = 0) -> Iterator[bytes]:
-    """The stream the player gets: pre-roll silence, then chime, then the speech, all at volume."""
+    """The stream the player gets: pre-roll silence, then chime, then the speech, all at volume.
+
+    Nothing is yielded before the first speech chunk exists, so a synthesis that fails
+    never leaves a lone chime.
+    """
+    speech = iter(chunks)
+    first = next(speech, None)
+    if first is None:
+        return
     lead = silence(rate, preroll_ms) + apply_volume(chime or b"", volume)
-    if lead:
-        yield lead
-    for chunk in chunks:
+    yield lead + apply_volume(first, volume)
+    for chunk in speech:
         yield apply_volume(chunk, volume)

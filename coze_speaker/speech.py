@@ -11,9 +11,9 @@ import os
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
-from .coze import CozeClient, CozeValidationError, SpeechParams
+from .coze import CozeValidationError, SpeechParams
 from .textsplit import split_text
 
 DEFAULT_PLAY_RATE = 48000
@@ -71,14 +71,11 @@ class SpeechRequest:
         return dataclasses.replace(self, params=dataclasses.replace(self.params, **changes))
 
 
-def synthesize_pcm(client: CozeClient, request: SpeechRequest) -> Iterator[bytes]:
-    """The whole request as PCM chunks, piece after piece, straight from Coze."""
-    for piece in request.pieces:
-        yield from client.speech(piece, request.params)
+def write_wav(path: Union[str, Path], chunks: Iterable[bytes], rate: int) -> int:
+    """Write PCM chunks as a standard WAV file (s16 mono), atomically; returns the frame count.
 
-
-def write_wav_file(path: Union[str, Path], client: CozeClient, request: SpeechRequest) -> int:
-    """Synthesize into a standard WAV file (s16 mono), atomically; returns the frame count."""
+    A failure midway leaves no file: the audio goes to a hidden temp file renamed at the end.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     frames = 0
@@ -87,8 +84,8 @@ def write_wav_file(path: Union[str, Path], client: CozeClient, request: SpeechRe
             with wave.open(fh, "wb") as wav:
                 wav.setnchannels(1)
                 wav.setsampwidth(2)
-                wav.setframerate(request.sample_rate)
-                for chunk in synthesize_pcm(client, request):
+                wav.setframerate(rate)
+                for chunk in chunks:
                     wav.writeframesraw(chunk)
                     frames += len(chunk) // 2
         os.replace(tmp, path)

@@ -82,8 +82,8 @@ def test_say_output_writes_the_servers_pcm(capsys, make_config, fake_coze, tmp_p
 
 
 def test_say_splits_long_text_into_one_continuous_wav(capsys, make_config, fake_coze, tmp_path):
-    sentence = "The quick brown fox jumps over the lazy dog near the river bank. "
-    text = (sentence * 47)[:3000]
+    text = "".join(f"Sentence number {n} tells the quick brown fox to jump over the lazy dog. "
+                   for n in range(60))[:3000]
     out_wav = tmp_path / "long.wav"
     code, _, err = run(capsys, "-c", make_config(), "say", "-o", out_wav, text)
     assert code == 0, err

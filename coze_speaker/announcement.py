@@ -1,0 +1,244 @@
+"""An announcement: one validated request to say something, parsed from a say payload.
+
+Invalid input stops here with a PayloadError naming the field: nothing bad reaches the
+queue, the speaker or Coze.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from .config import EMOTIONS, PRIORITIES
+
+#: Priority rank: higher plays first.
+PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
+MAX_ID_LENGTH = 128
+MAX_TTL = 7 * 24 * 3600
+MAX_JSON_DEPTH = 4
+
+
+class PayloadError(ValueError):
+    """A say payload that cannot be spoken; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, problem: str, *, announcement_id: Optional[str] = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.announcement_id = announcement_id
+        super().__init__(f"{field}: {problem}")
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What to say and how; every optional field None means "use the configured default"."""
+
+    text: str
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    voice: Optional[str] = None
+    emotion: Optional[str] = None
+    emotion_scale: Optional[float] = None
+    speed: Optional[float] = None
+    loudness: Optional[int] = None
+    context: Optional[str] = None
+    volume: Optional[int] = None
+    priority: str = "normal"
+    interrupt: bool = False
+    chime: Union[bool, str, None] = None
+    ttl: Optional[float] = None
+    cache: bool = True
+    repeat: int = 1
+    source: str = "mqtt"
+    #: monotonic time the message arrived, and the monotonic deadline after which it is stale
+    received: float = 0.0
+    deadline: Optional[float] = None
+    response_topic: Optional[str] = None
+    correlation_data: Optional[bytes] = None
+    site_id: Optional[str] = None
+    session_id: Optional[str] = None
+
+    @property
+    def rank(self) -> int:
+        return PRIORITY_RANK[self.priority]
+
+    @property
+    def urgent(self) -> bool:
+        """Plays now, stopping what is playing."""
+        return self.interrupt or self.priority == "critical"
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
+
+
+def _text(value: Any, name: str, max_bytes: int) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(name, f"expected a string, got {_kind(value)}")
+    value = value.strip()
+    if not value:
+        raise PayloadError(name, "is empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise PayloadError(name, f"is {size} bytes, the limit is {max_bytes} (limits.max_text_bytes)")
+    if any(ord(c) < 32 and c not in "\n\t\r" for c in value):
+        raise PayloadError(name, "contains control characters")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _number(name: str, low: float, high: float, integer: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise PayloadError(name, f"expected a number, got {_kind(value)}")
+        if integer and value != int(value):
+            raise PayloadError(name, f"expected a whole number, got {value!r}")
+        if not low <= value <= high:
+            raise PayloadError(name, f"{value!r} is outside {low:g}..{high:g}")
+        return int(value) if integer else float(value)
+    return check
+
+
+def _choice(name: str, choices: tuple) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise PayloadError(name, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def _bool(name: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise PayloadError(name, f"expected true or false, got {_kind(value)}")
+        return value
+    return check
+
+
+def _short_str(name: str, max_len: int = 256) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():
+            raise PayloadError(name, f"expected a non-empty string, got {_kind(value)}")
+        if len(value) > max_len:
+            raise PayloadError(name, f"is longer than {max_len} characters")
+        if any(ord(c) < 32 for c in value):
+            raise PayloadError(name, "contains control characters")
+        return value.strip()
+    return check
+
+
+def _chime(value: Any) -> Union[bool, str]:
+    if isinstance(value, bool):
+        return value
+    name = _short_str("chime", 64)(value)
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise PayloadError("chime", "must be a chime name from the chimes folder, not a path")
+    return name
+
+
+def _id(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise PayloadError("id", f"expected a string, got {_kind(value)}")
+    return _short_str("id", MAX_ID_LENGTH)(str(value))
+
+
+#: JSON field -> (Announcement attribute, checker)
+FIELDS: dict = {
+    "id": ("id", _id),
+    "voice": ("voice", _short_str("voice", 128)),
+    "emotion": ("emotion", _choice("emotion", EMOTIONS)),
+    "emotion_scale": ("emotion_scale", _number("emotion_scale", 1, 5)),
+    "speed": ("speed", _number("speed", 0.2, 3)),
+    "loudness": ("loudness", _number("loudness", -50, 100, integer=True)),
+    "context": ("context", _short_str("context", 1024)),
+    "volume": ("volume", _number("volume", 0, 100, integer=True)),
+    "priority": ("priority", _choice("priority", PRIORITIES)),
+    "interrupt": ("interrupt", _bool("interrupt")),
+    "chime": ("chime", _chime),
+    "ttl": ("ttl", _number("ttl", 0.001, MAX_TTL)),
+    "cache": ("cache", _bool("cache")),
+    "repeat": ("repeat", _number("repeat", 1, 5, integer=True)),
+}
+
+
+def parse_say(payload: bytes, *, max_text_bytes: int = 8192, received: float = 0.0,
+              **extra: Any) -> Announcement:
+    """A say payload: plain UTF-8 text, or a JSON object (a payload starting with `{` or `[`).
+
+    Raises PayloadError; ``extra`` sets attributes that do not come from the payload
+    (source, response topic, …).
+    """
+    if len(payload) > max_text_bytes * 4 + 4096:
+        raise PayloadError("payload", f"is {len(payload)} bytes, far over the text limit of {max_text_bytes}")
+    try:
+        body = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("payload", "is not valid UTF-8") from None
+    stripped = body.strip().lstrip("\ufeff")
+    if stripped[:1] in ("{", "["):
+        return parse_say_json(stripped, max_text_bytes=max_text_bytes, received=received, **extra)
+    return Announcement(text=_text(stripped, "text", max_text_bytes), received=received, **extra)
+
+
+def parse_say_json(body: str, *, max_text_bytes: int, received: float = 0.0, **extra: Any) -> Announcement:
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise PayloadError("payload", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError("payload", f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PayloadError("payload", f"must be a JSON object, got {_kind(data)}")
+    ann_id = None
+    if "id" in data:
+        ann_id = _id(data["id"])
+    unknown = sorted(set(data) - set(FIELDS) - {"text"})
+    if unknown:
+        raise PayloadError(unknown[0], f"unknown field (known: text, {', '.join(FIELDS)})",
+                           announcement_id=ann_id)
+    if "text" not in data:
+        raise PayloadError("text", "is required", announcement_id=ann_id)
+    values: dict = {}
+    try:
+        values["text"] = _text(data["text"], "text", max_text_bytes)
+        for key, value in data.items():
+            if key == "text" or value is None:
+                continue
+            attr, check = FIELDS[key]
+            values[attr] = check(value)
+    except PayloadError as exc:
+        exc.announcement_id = ann_id
+        raise
+    values.update(extra)
+    return Announcement(received=received, **values)
+
+
+def _nesting(body: str) -> int:
+    """Deepest bracket nesting, counted without parsing (a 10 000-deep payload never reaches json)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "}]":
+            depth -= 1
+    return deepest
+
+
+def make_announcement(text: Any, *, max_text_bytes: int = 8192, **fields: Any) -> Announcement:
+    """An announcement from another protocol (Hermes): the text checked like a say payload's."""
+    return Announcement(text=_text(text, "text", max_text_bytes), **fields)

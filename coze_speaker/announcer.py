@@ -1,0 +1,374 @@
+"""The announcement queue and the worker that plays it: one at a time, by priority.
+
+Priority then arrival; `interrupt`/`critical` stops what plays; stale items expire instead of
+playing late; the same text within `dedup_seconds` is coalesced; the queue is bounded; the
+next item is synthesized while the current one plays; quiet hours lower the volume and hold
+items below a priority. Every accepted announcement ends in exactly one final event.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .announcement import PRIORITY_RANK, Announcement
+from .coze import CozeError, CozeValidationError
+from .messages import AnnouncementEvent
+from .players import PlayerError
+from .shaping import ChimeError
+from .speaker import AudioSource, OpenSpeech, Speaker
+from .speech import SpeechRequest
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[AnnouncementEvent, Announcement], None]
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_length: int = 100
+    ttl: float = 300.0
+    dedup_seconds: float = 10.0
+    quiet_start: Optional[_dt.time] = None
+    quiet_end: Optional[_dt.time] = None
+    quiet_volume: int = 30
+    quiet_min_priority: str = "high"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "QueueSettings":
+        q, qh = config.queue, config.quiet_hours
+        if qh is None:
+            return cls(q.max_length, q.ttl, q.dedup_seconds)
+        return cls(q.max_length, q.ttl, q.dedup_seconds, qh.start, qh.end, qh.volume, qh.min_priority)
+
+    def quiet(self, now: _dt.datetime) -> bool:
+        if self.quiet_start is None or self.quiet_end is None:
+            return False
+        t = now.time()
+        if self.quiet_start <= self.quiet_end:
+            return self.quiet_start <= t < self.quiet_end
+        return t >= self.quiet_start or t < self.quiet_end
+
+
+@dataclass
+class _Item:
+    announcement: Announcement
+    request: SpeechRequest
+    chime: Optional[bytes]
+    seq: int
+    speech: Optional[OpenSpeech] = field(default=None, repr=False)
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def sort_key(self) -> tuple:
+        """Urgent first (critical before interrupt), then priority, then arrival."""
+        return (not self.announcement.urgent, -self.announcement.rank, self.seq)
+
+
+class Announcer:
+    """Owns the queue and the playing worker; talks to the outside only through `emit`."""
+
+    def __init__(self, source: AudioSource, speaker: Speaker, emit: Emit, *,
+                 build_request: Callable[[Announcement], SpeechRequest],
+                 chime_for: Callable[[Announcement], Optional[bytes]],
+                 settings: QueueSettings = QueueSettings(), volume: int = 100,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], _dt.datetime] = _dt.datetime.now) -> None:
+        self.source = source
+        self.speaker = speaker
+        self.emit = emit
+        self.build_request = build_request
+        self.chime_for = chime_for
+        self.settings = settings
+        self.volume = volume
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.Condition()
+        self._queue: list[_Item] = []
+        self._seq = itertools.count()
+        self._current: Optional[_Item] = None
+        self._interrupted: Optional[str] = None
+        self._recent: dict = {}
+        self._running = False
+        self._thread: Optional[threading.Thread] = None
+        self.on_state: Optional[Callable[[], None]] = None
+        self.last_text: Optional[str] = None
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def submit(self, ann: Announcement) -> bool:
+        """Accept an announcement (event `queued`) or refuse it with one final event."""
+        now = self._clock()
+        if ann.deadline is None:
+            ann = _with(ann, deadline=(ann.received or now) + (ann.ttl if ann.ttl is not None else self.settings.ttl))
+        try:
+            request = self.build_request(ann)
+            chime = self.chime_for(ann)
+        except (CozeValidationError, ChimeError, ValueError) as exc:
+            field_name = getattr(exc, "field", None) or ("chime" if isinstance(exc, ChimeError) else None)
+            self._final(ann, "failed", error={"message": str(exc), "code": "invalid", "field": field_name})
+            return False
+        if ann.expired(now):
+            self._final(ann, "expired", reason="ttl")
+            return False
+        item = _Item(ann, request, chime, next(self._seq))
+        dropped: Optional[_Item] = None
+        with self._lock:
+            dedup = self._dedup_key(ann)
+            seen = self._recent.get(dedup)
+            if self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
+                duplicate = True
+            else:
+                duplicate = False
+                self._recent[dedup] = now
+                self._forget_old(now)
+                self._queue.append(item)
+                self._queue.sort(key=_Item.sort_key)
+                if len(self._queue) > self.settings.max_length:
+                    dropped = self._queue.pop()  # lowest priority, latest arrival
+            urgent = not duplicate and ann.urgent and dropped is not item
+            if urgent and self._current is not None:
+                self._interrupted = ann.id
+            self._lock.notify_all()
+        if duplicate:
+            self._final(ann, "dropped", reason="dedup")
+            return False
+        if dropped is item:
+            self._final(ann, "dropped", reason="queue_full")
+            return False
+        self._event(ann, "queued")
+        if dropped is not None:
+            self._final(dropped.announcement, "dropped", reason="queue_full")
+            self._close(dropped)
+        if urgent:
+            self._stop_current()
+        self._changed()
+        return True
+
+    def _dedup_key(self, ann: Announcement) -> tuple:
+        return (ann.text, ann.voice, ann.emotion, ann.speed)
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._recent) > 256:
+            horizon = now - self.settings.dedup_seconds
+            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
+
+    # -- control --------------------------------------------------------------------------
+
+    def stop(self, *, clear: bool = False) -> None:
+        """Stop what plays now; with clear, drop everything queued too."""
+        cleared: list = []
+        with self._lock:
+            if clear:
+                cleared, self._queue = self._queue, []
+            playing = self._current is not None
+        for item in cleared:
+            self._final(item.announcement, "dropped", reason="stopped")
+            self._close(item)
+        if playing:
+            self._stop_current()
+        self._changed()
+
+    def _stop_current(self) -> None:
+        current = self._current
+        if current is not None:
+            self.speaker.stop(current.speech, current.cancel)
+
+    def set_volume(self, volume: int) -> None:
+        self.volume = max(0, min(100, int(volume)))
+        self._changed()
+
+    @property
+    def speaking(self) -> bool:
+        return self._current is not None
+
+    def queue_length(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def pending(self) -> list:
+        """The announcements waiting, in play order (for a reload or a journal)."""
+        with self._lock:
+            return [i.announcement for i in self._queue]
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="coze-speaker-player", daemon=True)
+        self._thread.start()
+        self._sweeper = threading.Thread(target=self._sweep, name="coze-speaker-expiry", daemon=True)
+        self._sweeper.start()
+
+    def shutdown(self, timeout: float = 3.0) -> list:
+        """Stop the worker; returns the announcements still queued (not played, no event)."""
+        with self._lock:
+            self._running = False
+            left, self._queue = self._queue, []
+            self._lock.notify_all()
+        for item in left:
+            self._close(item)
+        self._stop_current()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._sweeper.join(timeout)
+        return [i.announcement for i in left]
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            item = self._next()
+            if item is None:
+                return
+            try:
+                self._play(item)
+            except Exception:  # never let one announcement kill the worker
+                log.exception("announcement %s failed unexpectedly", item.announcement.id)
+                self._final(item.announcement, "failed", error={"message": "internal error", "code": "internal"})
+            finally:
+                with self._lock:
+                    self._current = None
+                self._changed()
+
+    def _sweep(self) -> None:
+        """Expire stale items while something else plays: `expired` comes when it is true."""
+        with self._lock:
+            while self._running:
+                now = self._clock()
+                expired = self._take_expired(now)
+                if expired:
+                    self._lock.release()
+                    try:
+                        self._expire(expired)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                self._lock.wait(timeout=self._wait_time(now))
+
+    def _take_expired(self, now: float) -> list:
+        expired = [i for i in self._queue if i.announcement.expired(now)]
+        for i in expired:
+            self._queue.remove(i)
+        return expired
+
+    def _expire(self, items: list) -> None:
+        for i in items:
+            self._final(i.announcement, "expired", reason="ttl")
+            self._close(i)
+        self._changed()
+
+    def _next(self) -> Optional[_Item]:
+        with self._lock:
+            while self._running:
+                now = self._clock()
+                quiet = self.settings.quiet(self._wall())
+                expired = self._take_expired(now)
+                chosen = None
+                for i in self._queue:
+                    if quiet and PRIORITY_RANK[i.announcement.priority] < PRIORITY_RANK[self.settings.quiet_min_priority]:
+                        continue  # held until quiet hours end (or its TTL runs out)
+                    chosen = i
+                    break
+                if chosen is not None:
+                    self._queue.remove(chosen)
+                    self._current = chosen
+                    self._interrupted = None
+                if expired or chosen is not None:
+                    self._lock.release()
+                    try:
+                        if expired:
+                            self._expire(expired)
+                    finally:
+                        self._lock.acquire()
+                    if chosen is not None:
+                        return chosen
+                    continue
+                self._lock.wait(timeout=self._wait_time(now))
+            return None
+
+    def _wait_time(self, now: float) -> float:
+        deadlines = [i.announcement.deadline - now for i in self._queue if i.announcement.deadline is not None]
+        return max(0.01, min([30.0, *deadlines]))
+
+    def _play(self, item: _Item) -> None:
+        ann = item.announcement
+        speech = item.speech or self.source.open(item.request, use_cache=ann.cache)
+        item.speech = speech
+        self._prefetch_next()
+        volume = ann.volume if ann.volume is not None else self.volume
+        if self.settings.quiet(self._wall()):
+            volume = min(volume, self.settings.quiet_volume)
+        self.last_text = ann.text
+        self._event(ann, "started")
+        self._changed()
+        try:
+            result = self.speaker.speak(speech, volume=volume, chime=item.chime, repeat=ann.repeat,
+                                        cancel=item.cancel)
+        except CozeError as exc:
+            self._final(ann, "failed", error=_coze_error(exc), api_calls=speech.api_calls)
+            return
+        except PlayerError as exc:
+            self._final(ann, "failed", error={"message": str(exc), "code": f"audio_{exc.kind}"})
+            return
+        except ChimeError as exc:
+            self._final(ann, "failed", error={"message": str(exc), "code": "invalid", "field": "chime"})
+            return
+        if not result.played:
+            by = self._interrupted
+            self._final(ann, "interrupted", reason=f"interrupted by {by}" if by else "stopped",
+                        cached=result.cached, api_calls=result.api_calls)
+            return
+        latency = None
+        if result.first_audio is not None and ann.received:
+            latency = max(0, int(round((result.first_audio - ann.received) * 1000)))
+        self._final(ann, "finished", cached=result.cached, latency_ms=latency, api_calls=result.api_calls,
+                    duration_ms=int(result.duration * 1000))
+
+    def _prefetch_next(self) -> None:
+        """Start synthesizing the item that will play next, while this one plays."""
+        with self._lock:
+            upcoming = self._queue[0] if self._queue else None
+            if upcoming is None or upcoming.speech is not None:
+                return
+            upcoming.speech = self.source.open(upcoming.request, use_cache=upcoming.announcement.cache)
+
+    def _close(self, item: _Item) -> None:
+        item.cancel.set()
+        if item.speech is not None:
+            item.speech.cancel()
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _event(self, ann: Announcement, kind: str, **fields: Any) -> None:
+        event = AnnouncementEvent(id=ann.id, event=kind, text=ann.text, priority=ann.priority,
+                                  source=ann.source, **fields)
+        try:
+            self.emit(event, ann)
+        except Exception:
+            log.exception("could not publish the %s event of %s", kind, ann.id)
+
+    def _final(self, ann: Announcement, kind: str, **fields: Any) -> None:
+        self._event(ann, kind, **fields)
+
+    def _changed(self) -> None:
+        if self.on_state is not None:
+            try:
+                self.on_state()
+            except Exception:
+                log.exception("could not publish the state")
+
+
+def _coze_error(exc: CozeError) -> dict:
+    return {"message": str(exc), "code": exc.code, "logid": exc.logid}
+
+
+def _with(ann: Announcement, **changes: Any) -> Announcement:
+    import dataclasses
+    return dataclasses.replace(ann, **changes)

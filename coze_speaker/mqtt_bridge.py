@@ -1,0 +1,157 @@
+"""The MQTT connection: connect, stay connected, subscribe, hand messages over, publish.
+
+Knows topics and bytes, nothing of audio. Subscriptions are made in on_connect, so they come
+back after every reconnect; the will publishes `offline` if the daemon dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One received message, with the MQTT 5 properties the daemon uses."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    received: float = 0.0
+    expiry: Optional[float] = None
+    response_topic: Optional[str] = None
+    correlation_data: Optional[bytes] = None
+
+
+class MqttBridge:
+    """One paho client, reconnecting forever with capped backoff."""
+
+    def __init__(self, config: Any, *, client_id: str, will_topic: str, will_payload: bytes,
+                 subscriptions: Callable[[], Iterable[str]], on_message: Callable[[Incoming], None],
+                 on_connect: Callable[[], None] = lambda: None,
+                 session_expiry: int = 0) -> None:
+        self.config = config
+        self.client_id = client_id
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect_cb = on_connect
+        self.v5 = config.protocol == 5
+        self.session_expiry = session_expiry
+        self.connected = threading.Event()
+        self.ever_connected = threading.Event()
+        self.connections = 0
+        self.last_error: Optional[str] = None
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else True,
+        )
+        self.client.enable_logger(logging.getLogger("coze_speaker.paho"))
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if config.username:
+            password = config.password.reveal() if config.password else None
+            self.client.username_pw_set(config.username, password)
+        if config.tls is not None:
+            tls = config.tls
+            self.client.tls_set(
+                ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
+                certfile=str(tls.certfile) if tls.certfile else None,
+                keyfile=str(tls.keyfile) if tls.keyfile else None,
+                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+            )
+            if tls.insecure:
+                self.client.tls_insecure_set(True)
+        self.client.on_connect = self._handle_connect
+        self.client.on_disconnect = self._handle_disconnect
+        self.client.on_message = self._handle_message
+
+    def __repr__(self) -> str:
+        return f"MqttBridge({self.config.host}:{self.config.port}, client_id={self.client_id!r})"
+
+    def start(self) -> None:
+        """Connect in the background: the network thread retries until the broker answers."""
+        kwargs: dict = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            if self.session_expiry:
+                props.SessionExpiryInterval = int(self.session_expiry)
+            kwargs = {"clean_start": self.session_expiry == 0, "properties": props}
+        self.client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive, **kwargs)
+        self.client.loop_start()
+
+    def stop(self, final_topic: Optional[str] = None, final_payload: bytes = b"", timeout: float = 2.0) -> None:
+        """Publish a last retained message (e.g. `offline`) if connected, then disconnect."""
+        if final_topic and self.connected.is_set():
+            info = self.client.publish(final_topic, final_payload, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: Optional[int] = None,
+                correlation_data: Optional[bytes] = None) -> None:
+        """Queue a message; paho sends it now, or after the reconnect for QoS > 0."""
+        props = None
+        if self.v5 and correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation_data
+        self.client.publish(topic, payload, qos=self.config.qos if qos is None else qos, retain=retain,
+                            properties=props)
+
+    # -- paho callbacks (network thread) ------------------------------------------------
+
+    def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                        properties: Any) -> None:
+        if reason.is_failure:
+            self.last_error = str(reason)
+            log.warning("MQTT broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason)
+            return
+        self.connections += 1
+        topics = list(dict.fromkeys(self._subscriptions()))
+        if topics:
+            client.subscribe([(t, self.config.qos) for t in topics])
+        log.info("connected to MQTT broker %s:%s (subscribed to %d topics)", self.config.host,
+                 self.config.port, len(topics))
+        self.connected.set()
+        self.ever_connected.set()
+        try:
+            self._on_connect_cb()
+        except Exception:
+            log.exception("on-connect handler failed")
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                           properties: Any) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            log.warning("lost the MQTT broker (%s); reconnecting", reason)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        expiry = response_topic = correlation = None
+        props = getattr(message, "properties", None)
+        if props is not None:
+            expiry = getattr(props, "MessageExpiryInterval", None)
+            response_topic = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+        incoming = Incoming(topic=message.topic, payload=bytes(message.payload), retain=bool(message.retain),
+                            received=time.monotonic(), expiry=expiry, response_topic=response_topic,
+                            correlation_data=correlation)
+        try:
+            self._on_message(incoming)
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("handling a message on %s failed", message.topic)
