@@ -181,6 +181,12 @@ def parse_say(payload: bytes, *, max_text_bytes: int = 8192, received: float = 0
     stripped = body.strip().lstrip("\ufeff")
     if stripped[:1] in ("{", "["):
         return parse_say_json(stripped, max_text_bytes=max_text_bytes, received=received, **extra)
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        try:  # a JSON-encoded string (Node-RED sends these): speak its content, not the quotes
+            decoded = json.loads(stripped)
+            stripped = decoded if isinstance(decoded, str) else stripped
+        except ValueError:
+            pass
     return Announcement(text=_text(stripped, "text", max_text_bytes), received=received, **extra)
 
 

@@ -347,3 +347,94 @@ def test_sigterm_publishes_offline_and_exits_0(tmp_path, fake_coze, broker, alsa
     finally:
         late.close()
     assert TOKEN not in err.decode()
+
+
+def test_coze_failure_gives_a_failed_event_with_code_and_logid(start_daemon, probe, fake_coze):
+    from fake_coze import Fault
+
+    start_daemon()
+    fake_coze.add_fault(SPEECH, Fault(code=4011, msg="balance insufficient"))
+    probe.publish(SAY, {"text": "costly", "id": "c"})
+    ev = probe.wait_event(EVENT, id="c", event="failed")
+    assert ev["error"]["code"] == 4011 and ev["error"]["logid"] and "balance" in ev["error"]["message"]
+    assert len(fake_coze.requests_to(SPEECH)) == 1
+    assert probe.events(EVENT, id="c", event="started")  # it was dequeued and tried
+
+
+def test_cost_guard_caps_api_calls_but_cached_phrases_play(start_daemon, probe, fake_coze):
+    start_daemon(limits={"max_requests_per_hour": 1})
+    probe.publish(SAY, {"text": "first phrase", "id": "1"})
+    probe.wait_event(EVENT, id="1", event="finished")
+    probe.publish(SAY, {"text": "second phrase", "id": "2"})
+    ev = probe.wait_event(EVENT, id="2", event="failed")
+    assert ev["error"]["code"] == "rate_limited"
+    probe.publish(SAY, {"text": "first phrase", "id": "3"})
+    assert probe.wait_event(EVENT, id="3", event="finished")["cached"] is True
+    assert len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_queue_overflow_drops_the_lowest_priority(start_daemon, probe, fake_coze):
+    start_daemon(queue={"max_length": 2, "dedup_seconds": 0})
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "Playing while the queue fills up.", "id": "p"})
+    probe.wait_event(EVENT, id="p", event="started")
+    probe.publish(SAY, {"text": "low one", "id": "low", "priority": "low"})
+    probe.publish(SAY, {"text": "normal one", "id": "n1"})
+    probe.publish(SAY, {"text": "high one", "id": "h1", "priority": "high"})
+    assert probe.wait_event(EVENT, id="low", event="dropped")["reason"] == "queue_full"
+    probe.publish(SAY, {"text": "another low", "id": "low2", "priority": "low"})
+    assert probe.wait_event(EVENT, id="low2", event="dropped")["reason"] == "queue_full"
+    probe.wait_event(EVENT, id="n1", event="finished", timeout=30)
+    assert [e["id"] for e in probe.events(EVENT, event="started")] == ["p", "h1", "n1"]
+
+
+def test_interrupt_flag_plays_now(start_daemon, probe, fake_coze):
+    start_daemon()
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "A normal announcement playing along.", "id": "a"})
+    probe.wait_event(EVENT, id="a", event="started")
+    probe.publish(SAY, {"text": "queued high", "id": "h", "priority": "high"})
+    probe.wait_event(EVENT, id="h", event="queued")
+    probe.publish(SAY, {"text": "now please", "id": "now", "interrupt": True})
+    probe.wait_event(EVENT, id="h", event="finished", timeout=30)
+    assert [e["id"] for e in probe.events(EVENT, event="started")] == ["a", "now", "h"]
+    assert probe.events(EVENT, id="a", event="interrupted")
+
+
+def test_quiet_hours_hold_low_priority_and_lower_the_volume(start_daemon, probe, alsa_sink):
+    import datetime as dt
+
+    now = dt.datetime.now()
+    start = (now - dt.timedelta(hours=1)).strftime("%H:%M")
+    end = (now + dt.timedelta(hours=1)).strftime("%H:%M")
+    start_daemon(quiet_hours={"start": start, "end": end, "volume": 10, "min_priority": "high"})
+    probe.publish(SAY, {"text": "not at night", "id": "n", "ttl": 1})
+    probe.publish(SAY, {"text": "important at night", "id": "i", "priority": "high"})
+    probe.wait_event(EVENT, id="i", event="finished")
+    assert probe.wait_event(EVENT, id="n", event="expired")
+    assert probe.events(EVENT, id="n", event="started") == []
+    loud = pcm("important at night")
+    played = alsa_sink.wait_for(len(loud))[:len(loud)]
+    peak = max(abs(int.from_bytes(played[i:i + 2], "little", signed=True)) for i in range(0, len(played), 2))
+    assert 0 < peak < 200  # volume 10 on a cubic curve: 1/1000 of the amplitude
+
+
+def test_sighup_reload_applies_a_new_config_and_keeps_a_bad_one_out(start_daemon, probe, tmp_path, fake_coze):
+    r = start_daemon()
+    path = tmp_path / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["coze"]["voice_id"] = fake_coze.voices[3]["voice_id"]
+    path.write_text(yaml.safe_dump(data))
+    r.daemon._reload.set()
+    r.daemon._wake.set()
+    probe.wait_for(lambda _: len([m for m in probe.on(AVAIL) if m.payload == b"online"]) >= 2)
+    probe.publish(SAY, {"text": "new voice", "id": "nv"})
+    probe.wait_event(EVENT, id="nv", event="finished")
+    assert fake_coze.requests_to(SPEECH)[-1].json["voice_id"] == fake_coze.voices[3]["voice_id"]
+
+    path.write_text("audio:\n  sample_rate: 44000\n")
+    r.daemon._reload.set()
+    r.daemon._wake.set()
+    probe.publish(SAY, {"text": "still the old config", "id": "old"})
+    probe.wait_event(EVENT, id="old", event="finished")
+    assert fake_coze.requests_to(SPEECH)[-1].json["voice_id"] == fake_coze.voices[3]["voice_id"]
