@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from .announcement import PRIORITY_RANK, Announcement
 from .coze import CozeError, CozeValidationError
+from .journal import Journal
 from .messages import AnnouncementEvent
 from .players import PlayerError
 from .shaping import ChimeError
@@ -27,6 +28,9 @@ from .speech import SpeechRequest
 log = logging.getLogger(__name__)
 
 Emit = Callable[[AnnouncementEvent, Announcement], None]
+#: A busy or missing sound device is tried again after 1, 2, 4… (at most 10) seconds.
+DEVICE_RETRY_BASE = 1.0
+DEVICE_RETRY_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Announcer:
                  build_request: Callable[[Announcement], SpeechRequest],
                  chime_for: Callable[[Announcement], Optional[bytes]],
                  settings: QueueSettings = QueueSettings(), volume: int = 100,
+                 journal: Optional[Journal] = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], _dt.datetime] = _dt.datetime.now) -> None:
         self.source = source
@@ -85,6 +90,7 @@ class Announcer:
         self.chime_for = chime_for
         self.settings = settings
         self.volume = volume
+        self.journal = journal
         self._clock = clock
         self._wall = wall_clock
         self._lock = threading.Condition()
@@ -117,30 +123,37 @@ class Announcer:
             return False
         item = _Item(ann, request, chime, next(self._seq))
         dropped: Optional[_Item] = None
-        with self._lock:
+        with self._lock:  # held until `queued` is out, so `started` can never overtake it
             dedup = self._dedup_key(ann)
             seen = self._recent.get(dedup)
-            if self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
-                duplicate = True
+            pending_ids = {i.announcement.id for i in self._queue}
+            if self._current is not None:
+                pending_ids.add(self._current.announcement.id)
+            if ann.id in pending_ids:
+                refusal = "dedup"  # the same message again (a broker redelivery after a restart)
+            elif self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
+                refusal = "dedup"
             else:
-                duplicate = False
+                refusal = None
                 self._recent[dedup] = now
                 self._forget_old(now)
                 self._queue.append(item)
                 self._queue.sort(key=_Item.sort_key)
                 if len(self._queue) > self.settings.max_length:
                     dropped = self._queue.pop()  # lowest priority, latest arrival
-            urgent = not duplicate and ann.urgent and dropped is not item
-            if urgent and self._current is not None:
-                self._interrupted = ann.id
+                    if dropped is item:
+                        refusal = "queue_full"
+                        self._recent.pop(dedup, None)
+            if refusal is None:
+                self._persist()
+                self._event(ann, "queued")
+                urgent = ann.urgent and self._current is not None
+                if urgent:
+                    self._interrupted = ann.id
             self._lock.notify_all()
-        if duplicate:
-            self._final(ann, "dropped", reason="dedup")
+        if refusal is not None:
+            self._final(ann, "dropped", reason=refusal)
             return False
-        if dropped is item:
-            self._final(ann, "dropped", reason="queue_full")
-            return False
-        self._event(ann, "queued")
         if dropped is not None:
             self._final(dropped.announcement, "dropped", reason="queue_full")
             self._close(dropped)
@@ -166,6 +179,8 @@ class Announcer:
             if clear:
                 cleared, self._queue = self._queue, []
             playing = self._current is not None
+        if cleared:
+            self._persist()
         for item in cleared:
             self._final(item.announcement, "dropped", reason="stopped")
             self._close(item)
@@ -228,14 +243,15 @@ class Announcer:
             if item is None:
                 return
             try:
-                self._play(item)
+                kind, fields = self._play(item)
             except Exception:  # never let one announcement kill the worker
                 log.exception("announcement %s failed unexpectedly", item.announcement.id)
-                self._final(item.announcement, "failed", error={"message": "internal error", "code": "internal"})
-            finally:
-                with self._lock:
-                    self._current = None
-                self._changed()
+                kind, fields = "failed", {"error": {"message": "internal error", "code": "internal"}}
+            with self._lock:
+                self._current = None
+            self._persist()  # it leaves the journal before its final event goes out
+            self._final(item.announcement, kind, **fields)
+            self._changed()
 
     def _sweep(self) -> None:
         """Expire stale items while something else plays: `expired` comes when it is true."""
@@ -259,6 +275,7 @@ class Announcer:
         return expired
 
     def _expire(self, items: list) -> None:
+        self._persist()
         for i in items:
             self._final(i.announcement, "expired", reason="ttl")
             self._close(i)
@@ -297,39 +314,49 @@ class Announcer:
         deadlines = [i.announcement.deadline - now for i in self._queue if i.announcement.deadline is not None]
         return max(0.01, min([30.0, *deadlines]))
 
-    def _play(self, item: _Item) -> None:
+    def _play(self, item: _Item) -> tuple:
+        """Speak one item; returns its final event (kind, fields)."""
         ann = item.announcement
-        speech = item.speech or self.source.open(item.request, use_cache=ann.cache)
-        item.speech = speech
-        self._prefetch_next()
         volume = ann.volume if ann.volume is not None else self.volume
         if self.settings.quiet(self._wall()):
             volume = min(volume, self.settings.quiet_volume)
         self.last_text = ann.text
         self._event(ann, "started")
         self._changed()
-        try:
-            result = self.speaker.speak(speech, volume=volume, chime=item.chime, repeat=ann.repeat,
-                                        cancel=item.cancel)
-        except CozeError as exc:
-            self._final(ann, "failed", error=_coze_error(exc), api_calls=speech.api_calls)
-            return
-        except PlayerError as exc:
-            self._final(ann, "failed", error={"message": str(exc), "code": f"audio_{exc.kind}"})
-            return
-        except ChimeError as exc:
-            self._final(ann, "failed", error={"message": str(exc), "code": "invalid", "field": "chime"})
-            return
+        attempt = 0
+        while True:
+            speech = item.speech or self.source.open(item.request, use_cache=ann.cache)
+            item.speech = speech
+            self._prefetch_next()
+            try:
+                result = self.speaker.speak(speech, volume=volume, chime=item.chime, repeat=ann.repeat,
+                                            cancel=item.cancel)
+                break
+            except CozeError as exc:
+                return "failed", {"error": _coze_error(exc), "api_calls": speech.api_calls}
+            except ChimeError as exc:
+                return "failed", {"error": {"message": str(exc), "code": "invalid", "field": "chime"}}
+            except PlayerError as exc:
+                error = {"message": str(exc), "code": f"audio_{exc.kind}"}
+                attempt += 1
+                delay = min(DEVICE_RETRY_MAX, DEVICE_RETRY_BASE * 2 ** (attempt - 1))
+                if ann.deadline is None or self._clock() + delay > ann.deadline or item.cancel.is_set():
+                    return "failed", {"error": error}
+                log.warning("%s; trying again in %.0f s (until the announcement expires)", exc, delay)
+                item.speech = None  # the next attempt reads it again, from the cache by now
+                if item.cancel.wait(delay):
+                    return "interrupted", {"reason": "stopped"}
         if not result.played:
             by = self._interrupted
-            self._final(ann, "interrupted", reason=f"interrupted by {by}" if by else "stopped",
-                        cached=result.cached, api_calls=result.api_calls)
-            return
-        latency = None
+            return "interrupted", {"reason": f"interrupted by {by}" if by else "stopped",
+                                   "cached": result.cached, "api_calls": result.api_calls}
+        fields: dict = {"cached": result.cached, "api_calls": result.api_calls,
+                        "duration_ms": int(result.duration * 1000)}
         if result.first_audio is not None and ann.received:
-            latency = max(0, int(round((result.first_audio - ann.received) * 1000)))
-        self._final(ann, "finished", cached=result.cached, latency_ms=latency, api_calls=result.api_calls,
-                    duration_ms=int(result.duration * 1000))
+            fields["latency_ms"] = max(0, int(round((result.first_audio - ann.received) * 1000)))
+        if result.fallback is not None:
+            fields.update(fallback=True, reason=str(result.fallback), error=_coze_error(result.fallback))
+        return "finished", fields
 
     def _prefetch_next(self) -> None:
         """Start synthesizing the item that will play next, while this one plays."""
@@ -356,6 +383,15 @@ class Announcer:
 
     def _final(self, ann: Announcement, kind: str, **fields: Any) -> None:
         self._event(ann, kind, **fields)
+
+    def _persist(self) -> None:
+        """Write what is pending (playing and queued) to the journal, if there is one."""
+        if self.journal is None:
+            return
+        with self._lock:
+            items = ([self._current] if self._current is not None else []) + list(self._queue)
+            snapshot = [i.announcement for i in items]
+        self.journal.write(snapshot)
 
     def _changed(self) -> None:
         if self.on_state is not None:

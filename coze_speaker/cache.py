@@ -458,23 +458,31 @@ class PhraseCache:
         """Remove every entry; the number of entry files removed. Hit/miss counters stay."""
         self._check_open()
         removed = 0
-        for key, (path, _, _) in self._scan_files().items():
-            try:
-                os.unlink(path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot remove phrase cache entry %s: %s", path, _describe(exc))
 
-        def op(conn: sqlite3.Connection) -> None:
+        def unlink_all() -> None:
+            nonlocal removed
+            for path, _, _ in self._scan_files().values():
+                try:
+                    os.unlink(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot remove phrase cache entry %s: %s", path, _describe(exc))
+
+        def op(conn: sqlite3.Connection) -> bool:
+            # Under the write lock, so a concurrent commit either lands before (and is
+            # removed) or indexes its file after (and stays, file and row).
             with _Transaction(conn):
+                unlink_all()
                 conn.execute("DELETE FROM entries")
                 for sql in _RECOUNT:
                     conn.execute(sql)
                 conn.execute("UPDATE stats SET value = 0 WHERE name = 'needs_scan'")
+            return True
 
-        self._run(op)
+        if not self._run(op, default=False):
+            unlink_all()  # without the index: the files at least
         return removed
 
     def prune(self) -> Tuple[int, int]:

@@ -121,10 +121,8 @@ def _fail(message: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    if not args.verbose:
-        logging.getLogger().setLevel(config.logging.level.upper())
-    return config
+    """The config; its logging.level is the daemon's (`run`), other commands stay quiet."""
+    return load_config(args.config)
 
 
 Loader = Callable[[], Config]
@@ -248,8 +246,6 @@ def cmd_run(args: argparse.Namespace, load: Loader) -> int:
     config = load()
     if not args.verbose:
         setup_logging(0, config.logging.level)
-    for warning in config.warnings:
-        log.warning("%s", warning)
     return Daemon(config).run()
 
 

@@ -17,12 +17,14 @@ from urllib.parse import urlsplit
 from . import __version__, sdnotify
 from .announcement import Announcement, PayloadError, make_announcement, parse_say
 from .announcer import Announcer, QueueSettings
-from .cache import PhraseCache
+from .cache import CacheError, PhraseCache
 from .config import Config, ConfigError, load_config
 from .costguard import CostGuard
 from .coze import CozeClient
 from .devices import resolve_sample_rate
+from .fallback import make_fallback
 from .homeassistant import discovery_payload, discovery_topic
+from .journal import Journal
 from .messages import (AVAILABLE, NOT_AVAILABLE, AnnouncementEvent, HermesError, HermesSay,
                        HermesSayFinished, SpeakerState, Topics)
 from .mqtt_bridge import Incoming, MqttBridge
@@ -33,6 +35,9 @@ from .speech import SpeechRequest
 from .state import StateStore
 
 log = logging.getLogger(__name__)
+
+#: The retained state is published at most this often (seconds).
+STATE_INTERVAL = 0.2
 
 
 class Daemon:
@@ -46,7 +51,10 @@ class Daemon:
         self._wake = threading.Event()
         self._last_state: Optional[bytes] = None
         self._state_lock = threading.Lock()
+        self._state_timer: Optional[threading.Timer] = None
+        self._state_sent_at = 0.0
         self._build(config)
+        self._restore()
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -56,15 +64,18 @@ class Daemon:
         self.rate = resolve_sample_rate(audio.sample_rate, audio.device)
         self.topics = Topics(mqtt.base_topic, mqtt.device_id, tuple(mqtt.groups),
                              config.homeassistant.discovery_prefix)
+        self.fallback = make_fallback(config.fallback)
         self.client: Optional[CozeClient] = None
         if config.coze.token:
             self.client = CozeClient.from_config(config.coze)
         else:
-            log.warning("no Coze token configured (coze.token, coze.token_file or $COZE_API_TOKEN): "
-                        "only phrases already in the cache can be spoken")
+            log.warning("NO COZE TOKEN configured (coze.token, coze.token_file or $COZE_API_TOKEN): only "
+                        "phrases already in the cache can be spoken in the Coze voice%s",
+                        "; the espeak-ng fallback voice speaks the rest" if self.fallback else
+                        "; everything else fails (set fallback.engine: espeak-ng to speak it anyway)")
         self.cache = PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
         self.guard = CostGuard(config.limits.max_requests_per_hour, config.limits.max_chars_per_day)
-        self.source = AudioSource(self.client, self.cache, guard=self.guard,
+        self.source = AudioSource(self.client, self.cache, guard=self.guard, fallback=self.fallback,
                                   host=urlsplit(config.coze.base_url).netloc)
         self.player = self._player_override or make_player(audio.backend, audio.device)
         self.speaker = Speaker(self.player, rate=self.rate, preroll_ms=audio.preroll_ms)
@@ -73,7 +84,7 @@ class Daemon:
         volume = saved if isinstance(saved, int) and 0 <= saved <= 100 else audio.volume
         self.announcer = Announcer(self.source, self.speaker, self._emit, build_request=self._request,
                                    chime_for=self._chime, settings=QueueSettings.from_config(config),
-                                   volume=volume)
+                                   volume=volume, journal=Journal(config.state.dir / "queue.json"))
         self.announcer.on_state = self.publish_state
         for ann in pending:
             self.announcer.submit(ann)
@@ -84,6 +95,19 @@ class Daemon:
             subscriptions=self._subscriptions, on_message=self.on_message, on_connect=self._on_connected,
             session_expiry=int(config.queue.ttl) if v5 else 0,
         )
+
+    def _restore(self) -> None:
+        """Announcements accepted by the last run but not spoken: queue them again, or report
+        them expired."""
+        valid, expired = self.announcer.journal.load()
+        for ann in expired:
+            self._emit(AnnouncementEvent(id=ann.id, event="expired", text=ann.text, priority=ann.priority,
+                                         source=ann.source, reason="ttl"), ann)
+        for ann in valid:
+            self.announcer.submit(ann)
+        if valid or expired:
+            log.info("restored %d announcement(s) from the last run, %d had expired", len(valid), len(expired))
+        self.announcer._persist()
 
     def _request(self, ann: Announcement) -> SpeechRequest:
         return SpeechRequest.from_config(
@@ -129,7 +153,7 @@ class Daemon:
                 ready = False
             if not ready and self.bridge.connected.is_set():
                 ready = True
-                sdnotify.notify("READY=1\nSTATUS=connected, idle")
+                sdnotify.notify("READY=1")
             if interval and self.announcer.alive:
                 sdnotify.notify("WATCHDOG=1")
         self.shutdown()
@@ -147,6 +171,10 @@ class Daemon:
         log.info("stopped")
 
     def _close_parts(self) -> None:
+        with self._state_lock:
+            if self._state_timer is not None:
+                self._state_timer.cancel()
+                self._state_timer = None
         self.cache.close()
         if self.client is not None:
             self.client.close()
@@ -265,7 +293,27 @@ class Daemon:
         self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
 
     def publish_state(self) -> None:
-        stats = self.cache.stats()
+        """Publish the state, at most every STATE_INTERVAL seconds (a burst of 1000 messages
+        must not become 5000 state messages); the last change is always published."""
+        with self._state_lock:
+            if self._state_timer is not None:
+                return
+            wait = self._state_sent_at + STATE_INTERVAL - time.monotonic()
+            if wait > 0:
+                self._state_timer = threading.Timer(wait, self._publish_state_now)
+                self._state_timer.daemon = True
+                self._state_timer.start()
+                return
+        self._publish_state_now()
+
+    def _publish_state_now(self) -> None:
+        with self._state_lock:
+            self._state_timer = None
+            self._state_sent_at = time.monotonic()
+        try:
+            stats = self.cache.stats()
+        except CacheError:  # closed during a reload or shutdown: the next state will tell
+            return
         state = SpeakerState(
             state="speaking" if self.announcer.speaking else "idle", volume=self.announcer.volume,
             queue=self.announcer.queue_length(),

@@ -69,11 +69,6 @@ class Topics:
         return f"{self.base}/{self.device}/event"
 
     @property
-    def last(self) -> str:
-        """The last announcement's text, retained: Home Assistant's sensor reads it."""
-        return f"{self.base}/{self.device}/last"
-
-    @property
     def ha_status(self) -> str:
         return f"{self.discovery_prefix}/status"
 

@@ -52,6 +52,7 @@ class MqttBridge:
         self.ever_connected = threading.Event()
         self.connections = 0
         self.last_error: Optional[str] = None
+        self._outage_logged = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -75,6 +76,7 @@ class MqttBridge:
             if tls.insecure:
                 self.client.tls_insecure_set(True)
         self.client.on_connect = self._handle_connect
+        self.client.on_connect_fail = self._handle_connect_fail
         self.client.on_disconnect = self._handle_disconnect
         self.client.on_message = self._handle_message
 
@@ -100,7 +102,8 @@ class MqttBridge:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 pass
-        self.client.disconnect()
+        if self.connected.is_set():
+            self.client.disconnect()
         self.client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: Optional[int] = None,
@@ -129,10 +132,17 @@ class MqttBridge:
                  self.config.port, len(topics))
         self.connected.set()
         self.ever_connected.set()
+        self._outage_logged = False
         try:
             self._on_connect_cb()
         except Exception:
             log.exception("on-connect handler failed")
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning("cannot reach the MQTT broker %s:%s; retrying every few seconds",
+                        self.config.host, self.config.port)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                            properties: Any) -> None:

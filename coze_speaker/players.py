@@ -351,7 +351,7 @@ class AplayPlayer(Player):
                     if self._stop_event.is_set():
                         raise _Stopped()
                     last = failure
-                    log.warning("aplay attempt %d/%d: %s", attempt, self.retries, failure.message)
+                    log.info("aplay attempt %d/%d: %s", attempt, self.retries, failure.message)
                     if "Resource temporarily unavailable" in failure.message and self.nonblocking:
                         log.warning("aplay: device %r refuses a non-blocking open; retrying without -N", self.device)
                         self.nonblocking = False
@@ -595,7 +595,7 @@ class SimpleaudioPlayer(Player):
                     text = str(exc)
                     kind = classify_error(text)
                     last = PlayerError(device_error_message(self.device, kind, f"simpleaudio: {text}"), kind)
-                    log.warning("simpleaudio attempt %d/%d: %s", attempt, self.retries, last.message)
+                    log.info("simpleaudio attempt %d/%d: %s", attempt, self.retries, last.message)
                     if attempt < self.retries and self._sleep(self.backoff * (2 ** (attempt - 1))):
                         raise _Stopped() from None
                     continue

@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from .cache import PhraseCache, cache_key
+from .cache import CacheError, PhraseCache, cache_key
 from .costguard import CostGuard
-from .coze import CozeClient, CozeError
+from .coze import CozeClient, CozeError, CozeValidationError
+from .fallback import EspeakFallback, FallbackError
 from .players import Player
 from .shaping import shape
 from .speech import SpeechRequest
@@ -33,10 +34,12 @@ class AudioSource:
     """Speech audio for requests, from the cache when possible, else from Coze."""
 
     def __init__(self, client: Optional[CozeClient], cache: Optional[PhraseCache], *,
-                 guard: Optional[CostGuard] = None, host: Optional[str] = None) -> None:
+                 guard: Optional[CostGuard] = None, host: Optional[str] = None,
+                 fallback: Optional[EspeakFallback] = None) -> None:
         self.client = client
         self.cache = cache
         self.guard = guard
+        self.fallback = fallback
         self.host = host or (client.host if client else "")
 
     def key(self, piece: str, request: SpeechRequest) -> str:
@@ -65,6 +68,8 @@ class OpenSpeech:
         self.api_calls = 0
         self.cache_hits = 0
         self.error: Optional[BaseException] = None
+        #: why the offline voice spoke (some or all of) this request, None if it did not
+        self.fallback_reason: Optional[CozeError] = None
         self._chunks: queue.Queue = queue.Queue()
         self._ahead_bytes = 0
         self._space = threading.Condition()
@@ -115,12 +120,34 @@ class OpenSpeech:
             for piece in self.request.pieces:
                 if self._cancelled.is_set():
                     break
-                self._produce_piece(piece)
+                if self.fallback_reason is None:
+                    try:
+                        self._produce_piece(piece)
+                        continue
+                    except CozeError as exc:
+                        if self.source.fallback is None or isinstance(exc, CozeValidationError):
+                            raise
+                        self.fallback_reason = exc
+                        log.warning("speaking with the offline voice: %s", exc)
+                self._produce_fallback(piece)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             self.error = exc
             self._chunks.put(exc)
         finally:
             self._chunks.put(_END)
+
+    def _produce_fallback(self, piece: str) -> None:
+        """The offline voice for one piece: never cached, so Coze's voice returns when it can."""
+        try:
+            pcm = self.source.fallback.synthesize(piece, self.request.sample_rate)
+        except FallbackError as exc:
+            raise CozeError(f"{self.fallback_reason}; the offline voice failed too: {exc}",
+                            code=self.fallback_reason.code, logid=self.fallback_reason.logid) from None
+        step = 16384
+        for i in range(0, len(pcm), step):
+            if self._cancelled.is_set():
+                return
+            self._put(pcm[i:i + step])
 
     def _produce_piece(self, piece: str) -> None:
         source, cache = self.source, self.source.cache
@@ -128,12 +155,19 @@ class OpenSpeech:
         if self.use_cache:
             entry = cache.lookup(key)
             if entry is not None and entry.rate == self.request.sample_rate:
-                self.cache_hits += 1
-                for chunk in cache.read(entry):
-                    if self._cancelled.is_set():
-                        return
-                    self._put(chunk)
-                return
+                delivered = False
+                try:
+                    for chunk in cache.read(entry):
+                        if self._cancelled.is_set():
+                            return
+                        self._put(chunk)
+                        delivered = True
+                    self.cache_hits += 1
+                    return
+                except CacheError as exc:  # evicted or broken under our feet: synthesize instead
+                    if delivered:
+                        raise CozeError(f"cached audio became unreadable while playing: {exc}") from None
+                    log.warning("%s; synthesizing instead", exc)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
         if source.guard is not None:
@@ -167,6 +201,7 @@ class SpeakResult:
     api_calls: int
     first_audio: Optional[float] = None
     duration: float = 0.0
+    fallback: Optional[CozeError] = None
 
 
 class Speaker:
@@ -220,7 +255,8 @@ class Speaker:
             speech.cancel()
         played = bool(played) and not cancel.is_set()
         return SpeakResult(played=played, cached=speech.cached, api_calls=speech.api_calls,
-                           first_audio=first[0] if first else None, duration=time.monotonic() - started)
+                           first_audio=first[0] if first else None, duration=time.monotonic() - started,
+                           fallback=speech.fallback_reason)
 
     def stop(self, speech: Optional[OpenSpeech] = None, cancel: Optional[threading.Event] = None) -> None:
         """Silence now, from any thread: flag the announcement, end its stream, stop the device."""

@@ -37,6 +37,7 @@ class Broker:
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             "max_queued_messages 100000\nmax_inflight_messages 0\n"
                              f"log_dest file {directory / 'mosquitto.log'}\n{extra_conf}")
         self.proc: Optional[subprocess.Popen] = None
 
@@ -80,6 +81,7 @@ class Probe:
 
     def __init__(self, port: int) -> None:
         self.messages: List[mqtt.MQTTMessage] = []
+        self._parsed: List[Optional[dict]] = []
         self._cond = threading.Condition()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}",
                                   protocol=mqtt.MQTTv5)
@@ -93,9 +95,13 @@ class Probe:
             raise RuntimeError("probe could not subscribe")
 
     def _on_message(self, client, userdata, message) -> None:
+        try:
+            parsed = json.loads(message.payload)
+        except (ValueError, RecursionError):
+            parsed = None
         with self._cond:
             self.messages.append(message)
-            self._cond.notify_all()
+            self._parsed.append(parsed if isinstance(parsed, dict) else None)
 
     def publish(self, topic: str, payload, *, qos: int = 1, retain: bool = False,
                 response_topic: Optional[str] = None, correlation: Optional[bytes] = None,
@@ -128,18 +134,14 @@ class Probe:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"timed out waiting; saw {[(m.topic, m.payload[:80]) for m in self.messages[-15:]]}")
-                self._cond.wait(min(left, 0.2))
+                self._cond.wait(min(left, 0.05))  # poll: a burst must not wake us per message
 
     def events(self, topic: str, **match) -> List[dict]:
-        out = []
-        for m in self.on(topic):
-            try:
-                data = json.loads(m.payload)
-            except ValueError:
-                continue
-            if all(data.get(k) == v for k, v in match.items()):
-                out.append(data)
-        return out
+        """The JSON messages on topic whose fields equal match (parsed once, on arrival)."""
+        with self._cond:
+            pairs = list(zip(self.messages, self._parsed))
+        return [data for m, data in pairs if data is not None and m.topic == topic
+                and all(data.get(k) == v for k, v in match.items())]
 
     def wait_event(self, topic: str, timeout: float = 10.0, **match) -> dict:
         return self.wait_for(lambda _: (self.events(topic, **match) or [None])[0], timeout)

@@ -1,0 +1,87 @@
+"""The offline voice: espeak-ng, used when Coze cannot speak a phrase that is not cached.
+
+A robotic voice is better than a lost "smoke detected". Its audio is never cached, so the
+real voice takes over as soon as Coze answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+import subprocess
+from typing import Optional
+
+from .shaping import _pcm, _samples, resample
+
+log = logging.getLogger(__name__)
+
+ESPEAK_TIMEOUT = 60.0
+
+
+class FallbackError(Exception):
+    """The offline voice could not speak either."""
+
+
+class EspeakFallback:
+    """espeak-ng --stdout, converted to the play rate; the text goes in on stdin."""
+
+    name = "espeak-ng"
+
+    def __init__(self, voice: Optional[str] = None, binary: str = "espeak-ng") -> None:
+        self.voice = voice
+        self.binary = shutil.which(binary) or binary
+
+    @property
+    def available(self) -> bool:
+        return shutil.which(self.binary) is not None
+
+    def synthesize(self, text: str, rate: int) -> bytes:
+        """PCM s16 mono at rate for text; raises FallbackError."""
+        cmd = [self.binary, "--stdout"]
+        if self.voice:
+            cmd += ["-v", self.voice]
+        try:
+            proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True,
+                                  timeout=ESPEAK_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise FallbackError(f"{self.binary} is not installed (apt-get install espeak-ng)") from None
+        except subprocess.TimeoutExpired:
+            raise FallbackError(f"{self.binary} did not finish within {ESPEAK_TIMEOUT:g} s") from None
+        if proc.returncode != 0:
+            detail = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise FallbackError(f"{self.binary} failed: {detail[-1] if detail else proc.returncode}")
+        src_rate, pcm = parse_streamed_wav(proc.stdout)
+        if not pcm:
+            raise FallbackError(f"{self.binary} produced no audio")
+        return _pcm(resample(_samples(pcm), src_rate, rate))
+
+
+def parse_streamed_wav(data: bytes) -> "tuple[int, bytes]":
+    """Rate and samples of a s16 mono WAV written to a pipe (its size fields are bogus)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise FallbackError("the offline voice did not produce a WAV stream")
+    pos, rate = 12, 22050
+    while pos + 8 <= len(data):
+        cid = data[pos:pos + 4]
+        size = struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if cid == b"fmt ":
+            fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8:pos + 24])
+            if (fmt, channels, bits) != (1, 1, 16):
+                raise FallbackError(f"unexpected offline voice format: {channels} ch, {bits} bit")
+        elif cid == b"data":
+            body = data[pos + 8:]
+            return rate, body[:len(body) - len(body) % 2]
+        pos += 8 + size
+    raise FallbackError("the offline voice's WAV stream has no data")
+
+
+def make_fallback(config: object) -> Optional[EspeakFallback]:
+    """The configured fallback voice, or None (`fallback.engine: none`)."""
+    engine = getattr(config, "engine", "none")
+    if engine != "espeak-ng":
+        return None
+    fallback = EspeakFallback(getattr(config, "voice", None))
+    if not fallback.available:
+        log.warning("fallback.engine is espeak-ng but it is not installed (apt-get install espeak-ng)")
+    return fallback

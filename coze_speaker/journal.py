@@ -1,0 +1,89 @@
+"""The queue journal: accepted announcements survive a crash or restart while their TTL allows.
+
+Written (atomically, temp file + rename) before an announcement is reported `queued` and
+whenever one ends, so "queued" means "will be spoken, or reported expired, even if the
+daemon dies now".
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+from .announcement import Announcement
+
+log = logging.getLogger(__name__)
+
+_RUNTIME = {"received", "deadline", "correlation_data"}
+
+
+class Journal:
+    """A JSON list of pending announcements with wall-clock deadlines."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def write(self, announcements: Iterable[Announcement]) -> None:
+        now_wall, now_mono = time.time(), time.monotonic()
+        entries = []
+        for ann in announcements:
+            data = {k: v for k, v in dataclasses.asdict(ann).items() if k not in _RUNTIME}
+            if ann.deadline is not None:
+                data["deadline_wall"] = now_wall + (ann.deadline - now_mono)
+            if ann.correlation_data is not None:
+                data["correlation_data_b64"] = base64.b64encode(ann.correlation_data).decode()
+            entries.append(data)
+        body = json.dumps(entries, ensure_ascii=False).encode("utf-8")
+        with self._lock:
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with open(tmp, "wb") as fh:
+                    fh.write(body)
+                os.replace(tmp, self.path)
+                self._warned = False
+            except OSError as exc:
+                if not self._warned:
+                    self._warned = True
+                    log.warning("cannot write the queue journal %s: %s (queued announcements will not "
+                                "survive a restart until it works again)", self.path, exc)
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+
+    def load(self) -> Tuple[List[Announcement], List[Announcement]]:
+        """(still valid, expired) announcements from the last run; deadlines back on the monotonic clock."""
+        try:
+            entries = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return [], []
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring an unreadable queue journal %s: %s", self.path, exc)
+            return [], []
+        fields = {f.name for f in dataclasses.fields(Announcement)}
+        now_wall, now_mono = time.time(), time.monotonic()
+        valid, expired = [], []
+        for data in entries if isinstance(entries, list) else []:
+            try:
+                wall = data.pop("deadline_wall", None)
+                corr = data.pop("correlation_data_b64", None)
+                ann = Announcement(**{k: v for k, v in data.items() if k in fields})
+                ann = dataclasses.replace(
+                    ann, received=now_mono,
+                    deadline=None if wall is None else now_mono + (wall - now_wall),
+                    correlation_data=base64.b64decode(corr) if corr else None)
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.warning("skipping a broken journal entry: %s", exc)
+                continue
+            (expired if ann.expired(now_mono) else valid).append(ann)
+        return valid, expired
