@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -103,14 +104,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1
 
 
+class JournalFormatter(logging.Formatter):
+    """`<N>` syslog priority prefixes, which journald reads as each line's priority."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def _stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=dev:inode of the journal socket it gave us as stderr."""
+    try:
+        dev, ino = os.environ.get("JOURNAL_STREAM", "").split(":")
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
 def setup_logging(verbosity: int, level: Optional[str] = None) -> None:
     """Log to stderr without timestamps: journald and terminals add their own."""
     if verbosity >= 2:
         level = "debug"
     elif verbosity == 1:
         level = "info"
-    logging.basicConfig(level=(level or "warning").upper(), stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=(level or "warning").upper(), handlers=[handler], force=True)
+    logging.getLogger("coze_speaker.paho").setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def _fail(message: str) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .config import Config, ConfigError, load_config
 
 Check = Tuple[bool, str, str]  # ok, what was found, how to fix it
 
 
-def run_checks(config_path: Optional[str], out=sys.stdout) -> int:
+def run_checks(config_path: Optional[str], out=None) -> int:
+    out = out or sys.stdout
     results: List[Check] = []
     try:
         config = load_config(config_path)
@@ -40,7 +41,7 @@ def _print(results: List[Check], out) -> None:
 def _client(config: Config):
     from .coze import CozeClient
 
-    return CozeClient.from_config(config.coze, ) if config.coze.token else None
+    return CozeClient.from_config(config.coze) if config.coze.token else None
 
 
 def check_token(config: Config) -> Check:
@@ -154,5 +155,3 @@ def check_cache(config: Config) -> Check:
         return (False, f"cache {config.cache.dir}: {exc}", "make the directory writable for the daemon's user, or set cache.dir")
     return (True, f"cache {s.dir}: {s.entries} phrase(s), {s.bytes // 1024} KB of {s.max_bytes // 1048576} MB", "")
 
-
-Checker = Callable[[Config], Check]

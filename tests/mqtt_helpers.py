@@ -36,7 +36,8 @@ class Broker:
         self.dir = directory
         self.port = free_port()
         self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        user = "user root\n" if os.geteuid() == 0 else ""  # else mosquitto drops to 'mosquitto', locked out of tmp
+        self.conf.write_text(f"{user}listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                              "max_queued_messages 100000\nmax_inflight_messages 0\n"
                              f"log_dest file {directory / 'mosquitto.log'}\n{extra_conf}")
         self.proc: Optional[subprocess.Popen] = None

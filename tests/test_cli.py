@@ -158,3 +158,13 @@ def test_bad_config_is_one_clear_error(capsys, tmp_path):
     code, _, err = run(capsys, "-c", path, "voices")
     assert code == 1
     assert "audio.sample_rate: 44000 is not one of" in err and ":2:" in err
+
+
+def test_journal_formatter_prefixes_priorities():
+    import logging
+
+    from coze_speaker.cli import JournalFormatter
+
+    fmt = JournalFormatter("%(name)s: %(message)s")
+    record = logging.LogRecord("coze_speaker.x", logging.WARNING, __file__, 1, "two\nlines", None, None)
+    assert fmt.format(record) == "<4>coze_speaker.x: two\n<4>lines"
