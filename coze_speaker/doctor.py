@@ -86,6 +86,8 @@ def check_broker(config: Config) -> Check:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    from .mqtt_bridge import apply_credentials
+
     m = config.mqtt
     result: dict = {}
     done = threading.Event()
@@ -97,14 +99,7 @@ def check_broker(config: Config) -> Check:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"coze-speaker-doctor-{m.device_id}",
                          protocol=mqtt.MQTTv5 if m.protocol == 5 else mqtt.MQTTv311)
     client.on_connect = on_connect
-    if m.username:
-        client.username_pw_set(m.username, m.password.reveal() if m.password else None)
-    if m.tls is not None:
-        client.tls_set(ca_certs=str(m.tls.ca_certs) if m.tls.ca_certs else None,
-                       certfile=str(m.tls.certfile) if m.tls.certfile else None,
-                       keyfile=str(m.tls.keyfile) if m.tls.keyfile else None)
-        if m.tls.insecure:
-            client.tls_insecure_set(True)
+    apply_credentials(client, m)
     where = f"MQTT broker {m.host}:{m.port}"
     try:
         client.connect(m.host, m.port, keepalive=10)

@@ -34,6 +34,22 @@ class Incoming:
     correlation_data: Optional[bytes] = None
 
 
+def apply_credentials(client: mqtt.Client, config: Any) -> None:
+    """Username/password and TLS from the `mqtt:` config section onto a paho client."""
+    if config.username:
+        client.username_pw_set(config.username, config.password.reveal() if config.password else None)
+    if config.tls is not None:
+        tls = config.tls
+        client.tls_set(
+            ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
+            certfile=str(tls.certfile) if tls.certfile else None,
+            keyfile=str(tls.keyfile) if tls.keyfile else None,
+            cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+        )
+        if tls.insecure:
+            client.tls_insecure_set(True)
+
+
 class MqttBridge:
     """One paho client, reconnecting forever with capped backoff."""
 
@@ -62,19 +78,7 @@ class MqttBridge:
         self.client.enable_logger(logging.getLogger("coze_speaker.paho"))
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
-        if config.username:
-            password = config.password.reveal() if config.password else None
-            self.client.username_pw_set(config.username, password)
-        if config.tls is not None:
-            tls = config.tls
-            self.client.tls_set(
-                ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
-                certfile=str(tls.certfile) if tls.certfile else None,
-                keyfile=str(tls.keyfile) if tls.keyfile else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
-            )
-            if tls.insecure:
-                self.client.tls_insecure_set(True)
+        apply_credentials(self.client, config)
         self.client.on_connect = self._handle_connect
         self.client.on_connect_fail = self._handle_connect_fail
         self.client.on_disconnect = self._handle_disconnect

@@ -61,6 +61,14 @@ class Listener:
         self.client.subscribe("#", qos=1)
         assert done.wait(10)
 
+    def wait_online(self):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any(m.topic.endswith("/availability") and m.payload == b"online" for m in list(self.messages)):
+                return
+            time.sleep(0.05)
+        raise AssertionError("the daemon never came online")
+
     def wait_event(self, **match):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -95,6 +103,7 @@ def test_tls_with_client_certificate(tmp_path, certs, fake_coze, alsa_sink):
         listener = Listener(port, ca=str(certs / "ca.crt"), cert=str(certs / "client.crt"),
                             key=str(certs / "client.key"))
         try:
+            listener.wait_online()
             listener.client.publish(SAY, json.dumps({"text": "over TLS", "id": "tls"}), qos=1)
             assert listener.wait_event(id="tls", event="finished")
         finally:
@@ -125,6 +134,7 @@ def test_username_and_password_from_a_file(tmp_path, fake_coze, alsa_sink, caplo
         r = Running(path)
         listener = Listener(broker.port, user="speaker", password=secret)
         try:
+            listener.wait_online()
             listener.client.publish(SAY, json.dumps({"text": "with a password", "id": "pw"}), qos=1)
             assert listener.wait_event(id="pw", event="finished")
             assert secret not in repr(r.daemon.config) and secret not in repr(r.daemon.bridge)
