@@ -14,15 +14,24 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
-
-import requests
 
 from . import __version__
 from .config import EMOTIONS, SAMPLE_RATES
 
+if TYPE_CHECKING:
+    import requests
+
 log = logging.getLogger(__name__)
+
+
+def _requests():
+    """requests, imported on first use: with a warm cache the daemon never loads it
+    (urllib3, charset_normalizer and requests are ~10 MB of a Pi's memory)."""
+    import requests
+
+    return requests
 
 MAX_INPUT_BYTES = 1024
 MAX_CLONE_BYTES = 10 * 1024 * 1024
@@ -214,6 +223,7 @@ class SpeechStream:
             self._response = None
 
     def _attempt(self, skip: int) -> Iterator[bytes]:
+        requests = _requests()
         self.requests_made += 1
         response = self._client._send(
             "POST", "/v1/audio/speech", json=self._text_body(), stream=True
@@ -327,9 +337,16 @@ class CozeClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._sleep = sleep
-        self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = f"coze-speaker/{__version__}"
+        self._session = session
         self.requests_sent = 0
+
+    @property
+    def session(self) -> "requests.Session":
+        """The one HTTP session (keep-alive to Coze), made at the first request."""
+        if self._session is None:
+            self._session = _requests().Session()
+        self._session.headers["User-Agent"] = f"coze-speaker/{__version__}"
+        return self._session
 
     @classmethod
     def from_config(cls, coze_config: Any, **kwargs: Any) -> "CozeClient":
@@ -346,7 +363,8 @@ class CozeClient:
         return f"CozeClient(base_url={self.base_url!r})"
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     def __enter__(self) -> "CozeClient":
         return self
@@ -457,6 +475,7 @@ class CozeClient:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One HTTP exchange; raises CozeError for any failure, marked retryable or not."""
+        requests = _requests()
         self.requests_sent += 1
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
@@ -544,7 +563,7 @@ def _is_json(response: requests.Response) -> bool:
 def _read_json(response: requests.Response) -> Any:
     try:
         return json.loads(response.content)
-    except (ValueError, requests.exceptions.RequestException):
+    except (ValueError, _requests().exceptions.RequestException):
         return None
 
 
@@ -571,7 +590,7 @@ def _logid(response: requests.Response, envelope: Any = None) -> Optional[str]:
 def _short_text(response: requests.Response) -> str:
     try:
         text = response.content[:300].decode("utf-8", "replace")
-    except requests.exceptions.RequestException:
+    except _requests().exceptions.RequestException:
         return ""
     return " ".join(text.split())[:120]
 
