@@ -325,12 +325,11 @@ class Announcer:
         self._changed()
         attempt = 0
         while True:
-            speech = item.speech or self.source.open(item.request, use_cache=ann.cache)
+            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False)
             item.speech = speech
-            self._prefetch_next()
             try:
                 result = self.speaker.speak(speech, volume=volume, chime=item.chime, repeat=ann.repeat,
-                                            cancel=item.cancel)
+                                            cancel=item.cancel, on_first_audio=lambda _t: self._prefetch_next())
                 break
             except CozeError as exc:
                 return "failed", {"error": _coze_error(exc), "api_calls": speech.api_calls}

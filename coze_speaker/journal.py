@@ -22,6 +22,7 @@ from .announcement import Announcement
 log = logging.getLogger(__name__)
 
 _RUNTIME = {"received", "deadline", "correlation_data"}
+_FIELDS = dataclasses.fields(Announcement)
 
 
 class Journal:
@@ -31,19 +32,16 @@ class Journal:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._warned = False
+        self._encoded: dict = {}
 
     def write(self, announcements: Iterable[Announcement]) -> None:
-        now_wall, now_mono = time.time(), time.monotonic()
-        entries = []
-        for ann in announcements:
-            data = {k: v for k, v in dataclasses.asdict(ann).items() if k not in _RUNTIME}
-            if ann.deadline is not None:
-                data["deadline_wall"] = now_wall + (ann.deadline - now_mono)
-            if ann.correlation_data is not None:
-                data["correlation_data_b64"] = base64.b64encode(ann.correlation_data).decode()
-            entries.append(data)
-        body = json.dumps(entries, ensure_ascii=False).encode("utf-8")
+        """Replace the journal with these announcements (each encoded once, then reused:
+        a burst must not re-serialize the whole queue per message)."""
+        anns = list(announcements)
         with self._lock:
+            encoded = {ann.id: self._encoded.get(ann.id) or self._encode(ann) for ann in anns}
+            self._encoded = encoded
+            body = ("[" + ",".join(encoded[ann.id] for ann in anns) + "]").encode("utf-8")
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -61,6 +59,15 @@ class Journal:
                 except OSError:
                     pass
 
+    @staticmethod
+    def _encode(ann: Announcement) -> str:
+        data = {f.name: getattr(ann, f.name) for f in _FIELDS if f.name not in _RUNTIME}
+        if ann.deadline is not None:
+            data["deadline_wall"] = time.time() + (ann.deadline - time.monotonic())
+        if ann.correlation_data is not None:
+            data["correlation_data_b64"] = base64.b64encode(ann.correlation_data).decode()
+        return json.dumps(data, ensure_ascii=False)
+
     def load(self) -> Tuple[List[Announcement], List[Announcement]]:
         """(still valid, expired) announcements from the last run; deadlines back on the monotonic clock."""
         try:
@@ -70,7 +77,7 @@ class Journal:
         except (OSError, ValueError) as exc:
             log.warning("ignoring an unreadable queue journal %s: %s", self.path, exc)
             return [], []
-        fields = {f.name for f in dataclasses.fields(Announcement)}
+        fields = {f.name for f in _FIELDS}
         now_wall, now_mono = time.time(), time.monotonic()
         valid, expired = [], []
         for data in entries if isinstance(entries, list) else []:

@@ -108,7 +108,14 @@ class _Source:
         self._cancel = threading.Event()
         self._final: Optional[Tuple[str, Any]] = None
         self._thread = threading.Thread(target=self._run, name="player-source", daemon=True)
-        self._thread.start()
+        self._started = False
+
+    def start(self) -> None:
+        """Begin pulling (idempotent): the aplay player first spawns its child, so the
+        producer's work overlaps the child's start-up instead of delaying it."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
 
     def _put(self, item: Tuple[str, Any]) -> bool:
         while not self._cancel.is_set():
@@ -148,6 +155,7 @@ class _Source:
 
     def get(self, timeout: float) -> Optional[Tuple[str, Any]]:
         """Next (kind, value), or None if nothing arrived within ``timeout``."""
+        self.start()
         if self._final is not None:
             return self._final
         try:
@@ -338,10 +346,8 @@ class AplayPlayer(Player):
         source = _Source(chunks)
         consumed: List[bytes] = []  # this announcement so far, replayed on a retry
         try:
-            kind, first = self._next(source)
-            if kind == _END:
-                return True  # nothing to play
-            consumed.append(first)
+            # aplay starts at once: its ~2 ms of start-up (ALSA config, device open) overlap
+            # the cache read or Coze's first byte instead of adding to them.
             last: Optional[_Failure] = None
             for attempt in range(1, self.retries + 1):
                 self.attempts = attempt
@@ -449,6 +455,7 @@ class AplayPlayer(Player):
     def _attempt(self, source: _Source, consumed: List[bytes], rate: int) -> bool:
         with tempfile.TemporaryFile(prefix="aplay-err-") as errfile:
             proc = self._spawn(rate, errfile)
+            source.start()
             stdin = proc.stdin
             assert stdin is not None
             fd = stdin.fileno()

@@ -54,8 +54,13 @@ class AudioSource:
         """True when every piece is on disk (no hit or miss is counted)."""
         return self.cache is not None and all(self.cache.contains(self.key(p, request)) for p in request.pieces)
 
-    def open(self, request: SpeechRequest, *, use_cache: bool = True) -> "OpenSpeech":
-        return OpenSpeech(self, request, use_cache=use_cache)
+    def open(self, request: SpeechRequest, *, use_cache: bool = True, start: bool = True) -> "OpenSpeech":
+        """The request's audio; with start=False production begins at the first iteration
+        (so the player can start first and its start-up overlaps the cache read)."""
+        speech = OpenSpeech(self, request, use_cache=use_cache)
+        if start:
+            speech.start()
+        return speech
 
 
 class OpenSpeech:
@@ -75,7 +80,12 @@ class OpenSpeech:
         self._space = threading.Condition()
         self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="coze-speaker-synth", daemon=True)
-        self._thread.start()
+        self._started = threading.Lock()
+
+    def start(self) -> None:
+        """Begin producing in the background (idempotent)."""
+        if self._started.acquire(blocking=False):
+            self._thread.start()
 
     @property
     def cached(self) -> bool:
@@ -83,6 +93,7 @@ class OpenSpeech:
         return self.api_calls == 0
 
     def __iter__(self) -> Iterator[bytes]:
+        self.start()
         while True:
             item = self._chunks.get()
             if item is _END:
@@ -103,7 +114,8 @@ class OpenSpeech:
         self._chunks.put(_END)
 
     def join(self, timeout: Optional[float] = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _put(self, chunk: bytes) -> None:
         """Hand a chunk to the player, waiting while too much audio is already ahead."""
