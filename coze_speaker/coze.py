@@ -71,7 +71,12 @@ class CozeError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        head = f"Coze error {self.code}: {self.msg}" if self.code is not None else f"Coze request failed: {self.msg}"
+        if self.code is not None:
+            head = f"Coze error {self.code}: {self.msg}"
+        elif self.status is not None:
+            head = f"Coze request failed: {self.msg}"
+        else:  # nothing was answered: a local refusal or an unreachable server, said plainly
+            head = self.msg
         extra = []
         if self.status is not None:
             extra.append(f"HTTP {self.status}")
