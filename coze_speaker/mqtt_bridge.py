@@ -7,6 +7,7 @@ back after every reconnect; the will publishes `offline` if the daemon dies.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -50,6 +51,17 @@ def apply_credentials(client: mqtt.Client, config: Any) -> None:
             client.tls_insecure_set(True)
 
 
+def _no_delay(client: mqtt.Client) -> None:
+    """Small messages go out at once: with Nagle on, an event that follows another waits
+    for the broker's delayed ACK (~40 ms)."""
+    sock = client.socket()
+    try:
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
 class MqttBridge:
     """One paho client, reconnecting forever with capped backoff."""
 
@@ -69,6 +81,7 @@ class MqttBridge:
         self.connections = 0
         self.last_error: Optional[str] = None
         self._outage_logged = False
+        self._stopping = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -100,6 +113,7 @@ class MqttBridge:
 
     def stop(self, final_topic: Optional[str] = None, final_payload: bytes = b"", timeout: float = 2.0) -> None:
         """Publish a last retained message (e.g. `offline`) if connected, then disconnect."""
+        self._stopping = True
         if final_topic and self.connected.is_set():
             info = self.client.publish(final_topic, final_payload, qos=1, retain=True)
             try:
@@ -129,6 +143,7 @@ class MqttBridge:
             log.warning("MQTT broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason)
             return
         self.connections += 1
+        _no_delay(client)
         topics = list(dict.fromkeys(self._subscriptions()))
         if topics:
             client.subscribe([(t, self.config.qos) for t in topics])
@@ -152,7 +167,7 @@ class MqttBridge:
                            properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if was and not self._stopping:
             log.warning("lost the MQTT broker (%s); reconnecting", reason)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
