@@ -145,7 +145,7 @@ class Announcer:
                         refusal = "queue_full"
                         self._recent.pop(dedup, None)
             if refusal is None:
-                self._persist()
+                self.persist()
                 self._event(ann, "queued")
                 urgent = ann.urgent and self._current is not None
                 if urgent:
@@ -180,7 +180,7 @@ class Announcer:
                 cleared, self._queue = self._queue, []
             playing = self._current is not None
         if cleared:
-            self._persist()
+            self.persist()
         for item in cleared:
             self._final(item.announcement, "dropped", reason="stopped")
             self._close(item)
@@ -249,7 +249,7 @@ class Announcer:
                 kind, fields = "failed", {"error": {"message": "internal error", "code": "internal"}}
             with self._lock:
                 self._current = None
-            self._persist()  # it leaves the journal before its final event goes out
+            self.persist()  # it leaves the journal before its final event goes out
             self._final(item.announcement, kind, **fields)
             self._changed()
 
@@ -275,7 +275,7 @@ class Announcer:
         return expired
 
     def _expire(self, items: list) -> None:
-        self._persist()
+        self.persist()
         for i in items:
             self._final(i.announcement, "expired", reason="ttl")
             self._close(i)
@@ -383,7 +383,7 @@ class Announcer:
     def _final(self, ann: Announcement, kind: str, **fields: Any) -> None:
         self._event(ann, kind, **fields)
 
-    def _persist(self) -> None:
+    def persist(self) -> None:
         """Write what is pending (playing and queued) to the journal, if there is one."""
         if self.journal is None:
             return

@@ -107,7 +107,7 @@ class Daemon:
             self.announcer.submit(ann)
         if valid or expired:
             log.info("restored %d announcement(s) from the last run, %d had expired", len(valid), len(expired))
-        self.announcer._persist()
+        self.announcer.persist()
 
     def _request(self, ann: Announcement) -> SpeechRequest:
         return SpeechRequest.from_config(

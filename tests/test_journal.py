@@ -1,0 +1,41 @@
+"""The queue journal round-trips announcements, with their deadlines on the right clock."""
+
+from __future__ import annotations
+
+import time
+
+from coze_speaker.announcement import Announcement
+from coze_speaker.journal import Journal
+
+
+def test_round_trip_keeps_fields_deadlines_and_correlation(tmp_path):
+    journal = Journal(tmp_path / "queue.json")
+    now = time.monotonic()
+    live = Announcement(text="door open", id="a", priority="high", volume=40, deadline=now + 60,
+                        response_topic="replies/a", correlation_data=b"\x00\x01corr", chime="ding")
+    stale = Announcement(text="old news", id="b", deadline=now - 1)
+    journal.write([live, stale])
+    valid, expired = Journal(tmp_path / "queue.json").load()
+    assert [a.id for a in valid] == ["a"] and [a.id for a in expired] == ["b"]
+    got = valid[0]
+    assert (got.text, got.priority, got.volume, got.response_topic, got.correlation_data, got.chime) == \
+        ("door open", "high", 40, "replies/a", b"\x00\x01corr", "ding")
+    assert 50 < got.deadline - time.monotonic() <= 60
+
+
+def test_a_broken_journal_is_ignored(tmp_path):
+    path = tmp_path / "queue.json"
+    path.write_text("{not json")
+    assert Journal(path).load() == ([], [])
+    path.write_text('[{"text": "ok", "id": "x"}, {"bogus": 1}, 5]')
+    valid, expired = Journal(path).load()
+    assert [a.id for a in valid] == ["x"] and expired == []
+
+
+def test_unwritable_journal_warns_once(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    journal = Journal(blocker / "queue.json")  # a path under a regular file cannot be written
+    journal.write([Announcement(text="a", id="1")])
+    journal.write([Announcement(text="b", id="2")])
+    assert sum("queue journal" in r.message for r in caplog.records) == 1
