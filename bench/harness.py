@@ -32,17 +32,12 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from fake_coze import FakeCoze  # noqa: E402  (tests/fake_coze.py, stdlib only)
+from mqtt_helpers import Broker  # noqa: E402  (tests/mqtt_helpers.py: the tests' own broker)
 
 TOKEN = "pat_bench_token"
 VOICE = "voice_0000"
 BASE = "coze-speaker"
 RATE = 48000  # the daemon's default play rate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def which(name: str) -> Optional[str]:
@@ -64,44 +59,14 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 # --------------------------------------------------------------------------- mosquitto
 
 
-class Broker:
-    """mosquitto on a free loopback port (no persistence, anonymous)."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = which("mosquitto")
-        if binary is None:
-            raise SystemExit("bench: mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-        self.port = free_port()
-        conf = directory / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        f"log_dest file {directory / 'mosquitto.log'}\nmax_queued_messages 100000\n"
-                        # Without this, mosquitto's Nagle + the client's delayed ACK hold an
-                        # event that follows another within ~40 ms back by 40 ms: that paces
-                        # the replays (they wait for each final event), never a timed publish,
-                        # which always comes after GAP idle time (see bench/README.md).
-                        "set_tcp_nodelay true\n")
-        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-
-        def listening() -> bool:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"bench: mosquitto exited: {(directory / 'mosquitto.log').read_text()[-500:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(listening, 10, 0.02, "mosquitto to listen")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def start_broker(directory: Path) -> Broker:
+    """tests/mqtt_helpers.Broker, plus TCP_NODELAY on the broker's side: without it,
+    mosquitto's Nagle and the client's delayed ACK hold an event that follows another within
+    ~40 ms back by 40 ms. That paces the replays (they wait for each final event), never a
+    timed publish, which always comes after GAP idle time (see bench/README.md)."""
+    if which("mosquitto") is None:
+        raise SystemExit("bench: mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
+    return Broker(directory, "set_tcp_nodelay true\n").start()
 
 
 # --------------------------------------------------------------------------- fake Coze

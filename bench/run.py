@@ -33,9 +33,9 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (BASE, RATE, ROOT, TOKEN, VOICE, BenchFake, Broker, Client, DaemonProcess,  # noqa: E402
+from harness import (BASE, RATE, ROOT, TOKEN, VOICE, BenchFake, Client, DaemonProcess,  # noqa: E402
                      StampSink, cpu_seconds, daemon_config, pcm_for, rss_kib, thread_count, wait_until,
-                     which)
+                     start_broker, which)
 import household  # noqa: E402
 
 # Short phrases that are pre-warmed into the cache and replayed for the hit figures.
@@ -102,7 +102,7 @@ class Bench:
         self.quick = args.quick
         self.work = Path(tempfile.mkdtemp(prefix="coze-speaker-bench-"))
         self.report = Report(self.quick)
-        self.broker = Broker(self.work)
+        self.broker = start_broker(self.work)
         self.fake = BenchFake(token=TOKEN).start()
         self.fake.stream()
         self.sink = StampSink(self.work / "alsa")

@@ -229,11 +229,11 @@ def main(argv=None) -> int:
 
     import subprocess
 
-    from harness import TOKEN, BenchFake, Broker, Client, StampSink, daemon_config
+    from harness import TOKEN, BenchFake, start_broker, Client, StampSink, daemon_config
     from run import GAP, PHRASES
 
     work = Path(tempfile.mkdtemp(prefix="trace-hit-"))
-    broker = Broker(work)
+    broker = start_broker(work)
     fake = BenchFake(token=TOKEN).start()
     sink = StampSink(work / "alsa")
     cfg = daemon_config(work / "d.yaml", fake=fake, broker_port=broker.port, device="trace",

@@ -116,10 +116,10 @@ class Announcer:
             chime = self.chime_for(ann)
         except (CozeValidationError, ChimeError, ValueError) as exc:
             field_name = getattr(exc, "field", None) or ("chime" if isinstance(exc, ChimeError) else None)
-            self._final(ann, "failed", error={"message": str(exc), "code": "invalid", "field": field_name})
+            self._event(ann, "failed", error={"message": str(exc), "code": "invalid", "field": field_name})
             return False
         if ann.expired(now):
-            self._final(ann, "expired", reason="ttl")
+            self._event(ann, "expired", reason="ttl")
             return False
         item = _Item(ann, request, chime, next(self._seq))
         dropped: Optional[_Item] = None
@@ -152,10 +152,10 @@ class Announcer:
                     self._interrupted = ann.id
             self._lock.notify_all()
         if refusal is not None:
-            self._final(ann, "dropped", reason=refusal)
+            self._event(ann, "dropped", reason=refusal)
             return False
         if dropped is not None:
-            self._final(dropped.announcement, "dropped", reason="queue_full")
+            self._event(dropped.announcement, "dropped", reason="queue_full")
             self._close(dropped)
         if urgent:
             self._stop_current()
@@ -182,7 +182,7 @@ class Announcer:
         if cleared:
             self.persist()
         for item in cleared:
-            self._final(item.announcement, "dropped", reason="stopped")
+            self._event(item.announcement, "dropped", reason="stopped")
             self._close(item)
         if playing:
             self._stop_current()
@@ -250,7 +250,7 @@ class Announcer:
             with self._lock:
                 self._current = None
             self.persist()  # it leaves the journal before its final event goes out
-            self._final(item.announcement, kind, **fields)
+            self._event(item.announcement, kind, **fields)
             self._changed()
 
     def _sweep(self) -> None:
@@ -277,7 +277,7 @@ class Announcer:
     def _expire(self, items: list) -> None:
         self.persist()
         for i in items:
-            self._final(i.announcement, "expired", reason="ttl")
+            self._event(i.announcement, "expired", reason="ttl")
             self._close(i)
         self._changed()
 
@@ -332,7 +332,7 @@ class Announcer:
                                             cancel=item.cancel, on_first_audio=lambda _t: self._prefetch_next())
                 break
             except CozeError as exc:
-                return "failed", {"error": _coze_error(exc), "api_calls": speech.api_calls}
+                return "failed", {"error": exc.as_dict(), "api_calls": speech.api_calls}
             except ChimeError as exc:
                 return "failed", {"error": {"message": str(exc), "code": "invalid", "field": "chime"}}
             except PlayerError as exc:
@@ -354,7 +354,7 @@ class Announcer:
         if result.first_audio is not None and ann.received:
             fields["latency_ms"] = max(0, int(round((result.first_audio - ann.received) * 1000)))
         if result.fallback is not None:
-            fields.update(fallback=True, reason=str(result.fallback), error=_coze_error(result.fallback))
+            fields.update(fallback=True, reason=str(result.fallback), error=result.fallback.as_dict())
         return "finished", fields
 
     def _prefetch_next(self) -> None:
@@ -380,9 +380,6 @@ class Announcer:
         except Exception:
             log.exception("could not publish the %s event of %s", kind, ann.id)
 
-    def _final(self, ann: Announcement, kind: str, **fields: Any) -> None:
-        self._event(ann, kind, **fields)
-
     def persist(self) -> None:
         """Write what is pending (playing and queued) to the journal, if there is one."""
         if self.journal is None:
@@ -398,10 +395,6 @@ class Announcer:
                 self.on_state()
             except Exception:
                 log.exception("could not publish the state")
-
-
-def _coze_error(exc: CozeError) -> dict:
-    return {"message": str(exc), "code": exc.code, "logid": exc.logid}
 
 
 def _with(ann: Announcement, **changes: Any) -> Announcement:

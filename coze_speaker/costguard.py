@@ -70,7 +70,3 @@ class CostGuard:
             self._warned.add(window)
             log.warning("%s", message)
         raise CostLimitError(message)
-
-    def usage(self) -> dict:
-        with self._lock:
-            return {"requests_last_hour": len(self._calls), "chars_today": self._chars}

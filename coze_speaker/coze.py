@@ -193,7 +193,6 @@ class SpeechStream:
         self._text = text
         self.params = params
         self.resumed = False
-        self.requests_made = 0
         self.logid: Optional[str] = None
         self.complete = False
         self._response: Optional[requests.Response] = None
@@ -229,7 +228,6 @@ class SpeechStream:
 
     def _attempt(self, skip: int) -> Iterator[bytes]:
         requests = _requests()
-        self.requests_made += 1
         response = self._client._send(
             "POST", "/v1/audio/speech", json=self._text_body(), stream=True
         )
@@ -343,7 +341,6 @@ class CozeClient:
         self.max_backoff = max_backoff
         self._sleep = sleep
         self._session = session
-        self.requests_sent = 0
 
     @property
     def session(self) -> "requests.Session":
@@ -481,7 +478,6 @@ class CozeClient:
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One HTTP exchange; raises CozeError for any failure, marked retryable or not."""
         requests = _requests()
-        self.requests_sent += 1
         headers = {"Authorization": f"Bearer {self._token}"}
         try:
             response = self.session.request(method, self.base_url + path, headers=headers,

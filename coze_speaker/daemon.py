@@ -290,7 +290,6 @@ class Daemon:
         if not self.config.homeassistant.enabled:
             return
         self.bridge.publish(discovery_topic(self.topics), discovery_payload(self.topics), retain=True, qos=1)
-        self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
 
     def publish_state(self) -> None:
         """Publish the state, at most every STATE_INTERVAL seconds (a burst of 1000 messages
@@ -348,7 +347,3 @@ def _preview(payload: bytes) -> str:
     """A short, printable echo of a refused payload for its event."""
     text = payload[:80].decode("utf-8", "replace")
     return "".join(c if c.isprintable() else "?" for c in text) + ("…" if len(payload) > 80 else "")
-
-
-def run_daemon(config: Config) -> int:
-    return Daemon(config).run()

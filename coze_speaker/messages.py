@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import ClassVar, Optional
 
-EVENT_KINDS = ("queued", "started", "finished", "failed", "expired", "dropped", "interrupted")
 FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "interrupted"})
 
 
@@ -185,7 +184,3 @@ class HermesError:
     def payload(self) -> bytes:
         return json.dumps({"error": self.error, "context": self.context, "siteId": self.site_id,
                            "sessionId": self.session_id}).encode()
-
-
-def event_dict(event: AnnouncementEvent) -> dict[str, Any]:
-    return json.loads(event.payload())

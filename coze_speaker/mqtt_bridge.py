@@ -77,9 +77,6 @@ class MqttBridge:
         self.v5 = config.protocol == 5
         self.session_expiry = session_expiry
         self.connected = threading.Event()
-        self.ever_connected = threading.Event()
-        self.connections = 0
-        self.last_error: Optional[str] = None
         self._outage_logged = False
         self._stopping = False
         self.client = mqtt.Client(
@@ -139,10 +136,8 @@ class MqttBridge:
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                         properties: Any) -> None:
         if reason.is_failure:
-            self.last_error = str(reason)
             log.warning("MQTT broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason)
             return
-        self.connections += 1
         _no_delay(client)
         topics = list(dict.fromkeys(self._subscriptions()))
         if topics:
@@ -150,7 +145,6 @@ class MqttBridge:
         log.info("connected to MQTT broker %s:%s (subscribed to %d topics)", self.config.host,
                  self.config.port, len(topics))
         self.connected.set()
-        self.ever_connected.set()
         self._outage_logged = False
         try:
             self._on_connect_cb()

@@ -6,7 +6,6 @@ frames at the play rate, so callers never see the 1024-byte limit of the API.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import wave
 from dataclasses import dataclass
@@ -66,9 +65,6 @@ class SpeechRequest:
             raise CozeValidationError("text", f"is {size} UTF-8 bytes, the limit is {max_text_bytes} (limits.max_text_bytes)")
         params.validate()
         return cls(text.strip(), params, tuple(split_text(text)))
-
-    def with_params(self, **changes: Any) -> "SpeechRequest":
-        return dataclasses.replace(self, params=dataclasses.replace(self.params, **changes))
 
 
 def write_wav(path: Union[str, Path], chunks: Iterable[bytes], rate: int) -> int:

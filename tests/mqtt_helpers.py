@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,6 +44,8 @@ class Broker:
     def start(self) -> "Broker":
         binary = mosquitto_binary()
         if binary is None:
+            import pytest  # only here: bench/ starts this broker without pytest
+
             pytest.skip("mosquitto is not installed (scripts/test.sh installs it)")
         self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -70,7 +71,17 @@ class Broker:
         self.proc = None
 
 
-@pytest.fixture
+try:  # the fixtures, for tests; bench/ imports Broker without pytest installed
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+
+def _fixture(fn):
+    return pytest.fixture(fn) if pytest is not None else fn
+
+
+@_fixture
 def broker(tmp_path):
     b = Broker(tmp_path).start()
     yield b
@@ -152,7 +163,7 @@ class Probe:
         self.client.loop_stop()
 
 
-@pytest.fixture
+@_fixture
 def probe(broker):
     p = Probe(broker.port)
     yield p
