@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
-from coze_speaker.players import _END, NullPlayer, _check_rate, _Source, _Stopped
+from coze_speaker.sound.players import _END, NullPlayer, _check_rate, _Source, _Stopped
 
 
 @dataclass

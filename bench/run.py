@@ -382,7 +382,7 @@ class Bench:
         rep.row(s, f"start → `online` (worst of {starts})", f"{max(online) * 1000:.0f} ms", "≤ 1000 ms",
                 max(online) <= 1.0)
         imp = import_time(5 if not self.quick else 2)
-        rep.row(s, "import time of coze_speaker.daemon (-X importtime, median)", f"{imp['total'] / 1000:.1f} ms")
+        rep.row(s, "import time of coze_speaker.app.daemon (-X importtime, median)", f"{imp['total'] / 1000:.1f} ms")
         rep.note(s, f"The daemon is a real child process `python -m coze_speaker -c CFG run`; RSS from "
                     f"/proc/PID/status, CPU from /proc/PID/stat. Idle: {idle_threads} threads. RSS before the burst "
                     f"(after the latency runs) {busy_rss / 1024:.1f} MB. The burst of {n} cached announcements "
@@ -484,7 +484,7 @@ class Bench:
 
     def long_text(self) -> None:
         from coze_speaker.config import load_config
-        from coze_speaker.daemon import Daemon
+        from coze_speaker.app.daemon import Daemon
         from paced import PacedRecorder
 
         rep = self.report
@@ -665,14 +665,14 @@ def long_text(k: int, size: int = 5000) -> str:
 
 
 def import_time(runs: int) -> Dict[str, Any]:
-    """`python -X importtime -c "import coze_speaker.daemon"`: the package's cumulative µs (median of runs),
+    """`python -X importtime -c "import coze_speaker.app.daemon"`: the package's cumulative µs (median of runs),
     and which third-party/stdlib packages that coze_speaker imports directly cost the most."""
     totals: List[int] = []
     groups: Dict[str, int] = {}
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, "-c", "import coze_speaker.daemon"], cwd=str(ROOT), env=env, check=True)
+    subprocess.run([sys.executable, "-c", "import coze_speaker.app.daemon"], cwd=str(ROOT), env=env, check=True)
     for _ in range(runs):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import coze_speaker.daemon"],
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import coze_speaker.app.daemon"],
                            cwd=str(ROOT), env=env, capture_output=True, text=True, check=True)
         entries = []  # (depth, name, cumulative µs) in the order printed (children before parents)
         for line in r.stderr.splitlines():
@@ -705,7 +705,7 @@ def import_rss() -> List[tuple]:
             "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
             "prev = rss(); print('python', prev)\n"
             "for m in ['sqlite3', 'ssl', 'urllib3', 'charset_normalizer', 'requests', 'yaml', 'paho.mqtt.client',\n"
-            "          'coze_speaker.daemon']:\n"
+            "          'coze_speaker.app.daemon']:\n"
             "    __import__(m); now = rss(); print(m, now - prev); prev = now\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))

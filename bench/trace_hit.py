@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def child(config_path: str, log_path: str, patches: str = "") -> int:
     from coze_speaker import announcer, cache, mqtt_bridge, players, speaker
     from coze_speaker.config import load_config
-    from coze_speaker.daemon import Daemon
+    from coze_speaker.app.daemon import Daemon
 
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     lock = threading.Lock()

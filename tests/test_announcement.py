@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coze_speaker.announcement import Announcement, PayloadError, parse_say
+from coze_speaker.queue.announcement import Announcement, PayloadError, parse_say
 
 
 def test_plain_text_is_trimmed():

@@ -19,7 +19,7 @@ from fake_coze import FakeCoze
 from mqtt_helpers import Probe, broker, probe  # noqa: F401  (fixtures)
 
 from coze_speaker.config import load_config
-from coze_speaker.daemon import Daemon
+from coze_speaker.app.daemon import Daemon
 
 B, D = "coze-speaker", "testspk"
 SAY, EVENT, STATE = f"{B}/{D}/say", f"{B}/{D}/event", f"{B}/{D}/state"

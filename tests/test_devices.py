@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from alsa_sink import alsa_sink, hanging_aplay  # noqa: F401  (fixture used by name)
-from coze_speaker.devices import (
+from coze_speaker.sound.devices import (
     COZE_RATES,
     Device,
     _hw_for,

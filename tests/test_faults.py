@@ -26,7 +26,7 @@ from fake_coze import FakeCoze, Fault
 from mqtt_helpers import Broker, Probe, broker, probe  # noqa: F401
 from test_daemon import AVAIL, EVENT, SAY, SPEECH, Running, pcm, slow_audio, start_daemon, write_config  # noqa: F401
 
-from coze_speaker.announcement import PayloadError, parse_say
+from coze_speaker.queue.announcement import PayloadError, parse_say
 
 
 def online(probe, count=1, timeout=30):
@@ -235,7 +235,7 @@ def test_messages_sent_while_down_are_spoken_after_restart(tmp_path, fake_coze, 
 # -- the sound device ----------------------------------------------------------------------------
 
 def test_busy_device_is_retried_within_the_ttl_then_fails(start_daemon, probe, tmp_path):
-    from coze_speaker.players import AplayPlayer
+    from coze_speaker.sound.players import AplayPlayer
 
     busy = fake_aplay(tmp_path, "aplay: main:831: audio open error: Device or resource busy")
     r = start_daemon()

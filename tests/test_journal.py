@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from coze_speaker.announcement import Announcement
-from coze_speaker.journal import Journal
+from coze_speaker.queue.announcement import Announcement
+from coze_speaker.queue.journal import Journal
 
 
 def test_round_trip_keeps_fields_deadlines_and_correlation(tmp_path):

@@ -19,7 +19,7 @@ from alsa_sink import (  # noqa: F401  (fixtures are used by name)
     pid_alive,
     sine_pcm,
 )
-from coze_speaker.players import (
+from coze_speaker.sound.players import (
     AplayPlayer,
     NullPlayer,
     Player,

@@ -28,7 +28,7 @@ from fake_coze import FakeCoze
 
 from coze_speaker.cache import PhraseCache
 from coze_speaker.cli import main
-from coze_speaker.shaping import builtin_chime, volume_gain
+from coze_speaker.sound.shaping import builtin_chime, volume_gain
 
 SPEECH = "/v1/audio/speech"
 RATE = 24000
@@ -465,7 +465,7 @@ def test_a_device_that_cannot_be_opened_is_one_clear_error(make_config, fake_coz
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if "aplay attempt" in line][-1].startswith(
-        "INFO coze_speaker.players: aplay attempt 3/3: audio device 'broken' is missing")
+        "INFO coze_speaker.sound.players: aplay attempt 3/3: audio device 'broken' is missing")
     assert proc.stderr.strip().splitlines()[-1] == lines[0]
 
 

@@ -1,4 +1,4 @@
-"""Tests for coze_speaker.textsplit: pieces must fit the Coze TTS byte limit and cut naturally."""
+"""Tests for coze_speaker.voice.textsplit: pieces must fit the Coze TTS byte limit and cut naturally."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coze_speaker.textsplit import MAX_INPUT_BYTES, split_text
+from coze_speaker.voice.textsplit import MAX_INPUT_BYTES, split_text
 
 
 def nbytes(s: str) -> int:

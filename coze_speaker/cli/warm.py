@@ -13,9 +13,9 @@ from typing import Any, List, Optional
 
 import yaml
 
-from .coze import CozeError
-from .speaker import AudioSource
-from .speech import SpeechRequest
+from ..coze import CozeError
+from ..voice.source import AudioSource
+from ..voice.request import SpeechRequest
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-from .coze import CozeError
+from ..coze import CozeError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from .config import EMOTIONS, PRIORITIES
+from ..config import EMOTIONS, PRIORITIES
 
 #: Priority rank: higher plays first.
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}

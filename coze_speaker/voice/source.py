@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from .cache import CacheError, PhraseCache, cache_key
+from ..cache import CacheError, PhraseCache, cache_key
 from .costguard import CostGuard
-from .coze import CozeClient, CozeError, CozeValidationError
+from ..coze import CozeClient, CozeError, CozeValidationError
 from .fallback import EspeakFallback, FallbackError
-from .players import Player
-from .shaping import shape
-from .speech import SpeechRequest
+from ..sound.players import Player
+from ..sound.shaping import shape
+from .request import SpeechRequest
 
 log = logging.getLogger(__name__)
 

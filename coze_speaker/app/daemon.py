@@ -14,24 +14,25 @@ import time
 from typing import Optional
 from urllib.parse import urlsplit
 
-from . import __version__, sdnotify
-from .announcement import Announcement, PayloadError, make_announcement, parse_say
-from .announcer import Announcer, QueueSettings
-from .cache import CacheError, PhraseCache
-from .config import Config, ConfigError, load_config
-from .costguard import CostGuard
-from .coze import CozeClient
-from .devices import resolve_sample_rate
-from .fallback import make_fallback
-from .homeassistant import discovery_payload, discovery_topic
-from .journal import Journal
-from .messages import (AVAILABLE, NOT_AVAILABLE, AnnouncementEvent, HermesError, HermesSay,
+from .. import __version__
+from . import sdnotify
+from ..queue.announcement import Announcement, PayloadError, make_announcement, parse_say
+from ..queue.worker import Announcer, QueueSettings
+from ..cache import CacheError, PhraseCache
+from ..config import Config, ConfigError, load_config
+from ..voice.costguard import CostGuard
+from ..coze import CozeClient
+from ..sound.devices import resolve_sample_rate
+from ..voice.fallback import make_fallback
+from ..mqtt.homeassistant import discovery_payload, discovery_topic
+from ..queue.journal import Journal
+from ..mqtt.messages import (AVAILABLE, NOT_AVAILABLE, AnnouncementEvent, HermesError, HermesSay,
                        HermesSayFinished, SpeakerState, Topics)
-from .mqtt_bridge import Incoming, MqttBridge
-from .players import Player, make_player
-from .shaping import load_chime
-from .speaker import AudioSource, Speaker
-from .speech import SpeechRequest
+from ..mqtt.bridge import Incoming, MqttBridge
+from ..sound.players import Player, make_player
+from ..sound.shaping import load_chime
+from ..voice.source import AudioSource, Speaker
+from ..voice.request import SpeechRequest
 from .state import StateStore
 
 log = logging.getLogger(__name__)

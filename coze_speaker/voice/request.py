@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .coze import CozeValidationError, SpeechParams
+from ..coze import CozeValidationError, SpeechParams
 from .textsplit import split_text
 
 DEFAULT_PLAY_RATE = 48000

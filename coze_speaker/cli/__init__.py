@@ -12,12 +12,12 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import __version__
-from .config import EMOTIONS, Config, ConfigError, load_config
-from .cache import CacheError
-from .coze import CozeClient, CozeError
-from .players import PlayerError
-from .shaping import ChimeError
+from .. import __version__
+from ..config import EMOTIONS, Config, ConfigError, load_config
+from ..cache import CacheError
+from ..coze import CozeClient, CozeError
+from ..sound.players import PlayerError
+from ..sound.shaping import ChimeError
 
 log = logging.getLogger("coze_speaker")
 
@@ -205,8 +205,8 @@ def cmd_clone(args: argparse.Namespace, load: Loader) -> int:
 # -- say ---------------------------------------------------------------------------------
 
 def cmd_say(args: argparse.Namespace, load: Loader) -> int:
-    from .shaping import load_chime
-    from .speech import SpeechRequest
+    from ..sound.shaping import load_chime
+    from ..voice.request import SpeechRequest
 
     config = load()
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -216,12 +216,12 @@ def cmd_say(args: argparse.Namespace, load: Loader) -> int:
     with _source(config) as source:
         speech = source.open(request, use_cache=not args.no_cache)
         if args.output is not None:
-            from .speech import write_wav
+            from ..voice.request import write_wav
             frames = write_wav(args.output, speech, rate)
             print(f"wrote {args.output}: {frames / rate:.2f} s at {rate} Hz" + (" (cached)" if speech.cached else ""))
             return 0
-        from .players import make_player
-        from .speaker import Speaker
+        from ..sound.players import make_player
+        from ..voice.source import Speaker
 
         chime = None if config.audio.chime == "none" else load_chime(config.audio.chime, config.audio.chimes_dir, rate)
         with make_player(config.audio.backend, config.audio.device) as player:
@@ -231,8 +231,8 @@ def cmd_say(args: argparse.Namespace, load: Loader) -> int:
 
 
 def _play_rate(config: Config, *, for_file: bool = False) -> int:
-    from .devices import resolve_sample_rate
-    from .speech import DEFAULT_PLAY_RATE
+    from ..sound.devices import resolve_sample_rate
+    from ..voice.request import DEFAULT_PLAY_RATE
 
     if config.audio.sample_rate == "auto" and for_file:
         return DEFAULT_PLAY_RATE
@@ -248,9 +248,9 @@ class _source:
     def __enter__(self):
         from urllib.parse import urlsplit
 
-        from .cache import PhraseCache
-        from .costguard import CostGuard
-        from .speaker import AudioSource
+        from ..cache import PhraseCache
+        from ..voice.costguard import CostGuard
+        from ..voice.source import AudioSource
 
         config = self.config
         self.cache = PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
@@ -267,7 +267,7 @@ class _source:
 # -- run ---------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace, load: Loader) -> int:
-    from .daemon import Daemon
+    from ..app.daemon import Daemon
 
     config = load()
     if not args.verbose:
@@ -278,7 +278,7 @@ def cmd_run(args: argparse.Namespace, load: Loader) -> int:
 # -- devices -----------------------------------------------------------------------------
 
 def cmd_devices(args: argparse.Namespace, load: Loader) -> int:
-    from .devices import format_devices, list_devices
+    from ..sound.devices import format_devices, list_devices
 
     devices = list_devices()
     print(format_devices(devices))
@@ -288,7 +288,7 @@ def cmd_devices(args: argparse.Namespace, load: Loader) -> int:
 # -- cache -------------------------------------------------------------------------------
 
 def _cache(config: Config):
-    from .cache import PhraseCache
+    from ..cache import PhraseCache
 
     return PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
 

@@ -12,7 +12,7 @@ import struct
 import subprocess
 from typing import Optional
 
-from .shaping import _pcm, _samples, resample
+from ..sound.shaping import _pcm, _samples, resample
 
 log = logging.getLogger(__name__)
 

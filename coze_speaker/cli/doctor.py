@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import List, Optional, Tuple
 
-from .config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 
 Check = Tuple[bool, str, str]  # ok, what was found, how to fix it
 
@@ -39,13 +39,13 @@ def _print(results: List[Check], out) -> None:
 
 
 def _client(config: Config):
-    from .coze import CozeClient
+    from ..coze import CozeClient
 
     return CozeClient.from_config(config.coze) if config.coze.token else None
 
 
 def check_token(config: Config) -> Check:
-    from .coze import CozeError
+    from ..coze import CozeError
 
     client = _client(config)
     if client is None:
@@ -63,7 +63,7 @@ def check_token(config: Config) -> Check:
 
 
 def check_voice(config: Config) -> Check:
-    from .coze import CozeError
+    from ..coze import CozeError
 
     voice = config.coze.voice_id
     if not voice:
@@ -86,7 +86,7 @@ def check_broker(config: Config) -> Check:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from .mqtt_bridge import apply_credentials
+    from ..mqtt.bridge import apply_credentials
 
     m = config.mqtt
     result: dict = {}
@@ -119,9 +119,9 @@ def check_broker(config: Config) -> Check:
 
 
 def check_audio(config: Config) -> Check:
-    from .devices import resolve_sample_rate
-    from .players import PlayerError, make_player
-    from .shaping import silence
+    from ..sound.devices import resolve_sample_rate
+    from ..sound.players import PlayerError, make_player
+    from ..sound.shaping import silence
 
     a = config.audio
     try:
@@ -137,7 +137,7 @@ def check_audio(config: Config) -> Check:
 
 
 def check_cache(config: Config) -> Check:
-    from .cache import CacheError, PhraseCache
+    from ..cache import CacheError, PhraseCache
 
     try:
         with PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024)) as cache:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .announcement import PRIORITY_RANK, Announcement
-from .coze import CozeError, CozeValidationError
+from ..coze import CozeError, CozeValidationError
 from .journal import Journal
-from .messages import AnnouncementEvent
-from .players import PlayerError
-from .shaping import ChimeError
-from .speaker import AudioSource, OpenSpeech, Speaker
-from .speech import SpeechRequest
+from ..mqtt.messages import AnnouncementEvent
+from ..sound.players import PlayerError
+from ..sound.shaping import ChimeError
+from ..voice.source import AudioSource, OpenSpeech, Speaker
+from ..voice.request import SpeechRequest
 
 log = logging.getLogger(__name__)
 
