@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from . import __version__
+from .errors import SpeakerError
 from .config import EMOTIONS, SAMPLE_RATES
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ RETRYABLE_CODES = frozenset({5000, 4009, 4020})
 CONNECT_TIMEOUT = 5.0
 
 
-class CozeError(Exception):
+class CozeError(SpeakerError):
     """A failed Coze call, carrying everything a user needs to act or to ask support.
 
     ``code`` is Coze's code when the answer was an error envelope, else None;
@@ -84,17 +85,15 @@ class CozeError(Exception):
             extra.append(f"logid {self.logid}")
         return f"{head} ({', '.join(extra)})" if extra else head
 
-    def as_dict(self) -> dict:
-        """The error as event fields: message, code, logid."""
-        return {"message": str(self), "code": self.code, "logid": self.logid}
 
 
 class CozeValidationError(CozeError, ValueError):
     """A request that Coze would refuse, caught locally so no call is spent on it."""
 
     def __init__(self, field: str, problem: str) -> None:
-        self.field = field
         super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.code = "invalid"
 
     def __str__(self) -> str:
         return self.msg

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
+from ..errors import SpeakerError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -143,7 +145,9 @@ def cache_key(host: str, text: str, params: Mapping[str, Any]) -> str:
 # -- public types -----------------------------------------------------------------------
 
 
-class CacheError(Exception):
+class CacheError(SpeakerError):
+    code = "cache"
+
     """The cache cannot do what was asked (unusable directory, entry vanished, closed)."""
 
 

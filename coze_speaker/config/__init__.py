@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 
 import yaml
 
+from ..errors import SpeakerError
+
 __all__ = [
     "SAMPLE_RATES", "EMOTIONS", "PRIORITIES", "LOG_LEVELS", "AUDIO_BACKENDS", "FALLBACK_ENGINES",
     "DEFAULT_CONFIG_PATHS", "CONFIG_ENV_VAR",
@@ -60,7 +62,9 @@ _SECRET_SOURCES = {"coze.token": "coze.token_file", "mqtt.password": "mqtt.passw
 # --------------------------------------------------------------------------- public types
 
 
-class ConfigError(Exception):
+class ConfigError(SpeakerError):
+    code = "config"
+
     """Invalid configuration; ``errors`` holds one "file:line: key: problem" line per issue."""
 
     def __init__(self, errors: Union[List[str], str]) -> None:

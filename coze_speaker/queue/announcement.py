@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from ..config import EMOTIONS, PRIORITIES
+from ..errors import SpeakerError
 
 #: Priority rank: higher plays first.
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
@@ -21,7 +22,9 @@ MAX_TTL = 7 * 24 * 3600
 MAX_JSON_DEPTH = 4
 
 
-class PayloadError(ValueError):
+class PayloadError(SpeakerError, ValueError):
+    code = "invalid"
+
     """A say payload that cannot be spoken; ``field`` names what is wrong."""
 
     def __init__(self, field: str, problem: str, *, announcement_id: Optional[str] = None) -> None:

@@ -332,7 +332,7 @@ class Announcer:
                                             cancel=item.cancel, on_first_audio=lambda _t: self._prefetch_next())
                 break
             except CozeError as exc:
-                return "failed", {"error": exc.as_dict(), "api_calls": speech.api_calls}
+                return "failed", {"error": exc.event_fields(), "api_calls": speech.api_calls}
             except ChimeError as exc:
                 return "failed", {"error": {"message": str(exc), "code": "invalid", "field": "chime"}}
             except PlayerError as exc:
@@ -354,7 +354,7 @@ class Announcer:
         if result.first_audio is not None and ann.received:
             fields["latency_ms"] = max(0, int(round((result.first_audio - ann.received) * 1000)))
         if result.fallback is not None:
-            fields.update(fallback=True, reason=str(result.fallback), error=result.fallback.as_dict())
+            fields.update(fallback=True, reason=str(result.fallback), error=result.fallback.event_fields())
         return "finished", fields
 
     def _prefetch_next(self) -> None:

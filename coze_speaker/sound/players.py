@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any, Iterable, List, Optional, Tuple
 
+from ..errors import SpeakerError
+
 log = logging.getLogger(__name__)
 
 BUSY = "busy"
@@ -51,7 +53,7 @@ _MISSING_MARKERS = (
 _POLL = 0.02  # seconds between checks of the stop flag / child state
 
 
-class PlayerError(Exception):
+class PlayerError(SpeakerError):
     """Playback failed. ``kind`` is 'busy', 'missing' or 'failed'; the message is one line."""
 
     def __init__(self, message: str, kind: str = FAILED):
@@ -59,6 +61,7 @@ class PlayerError(Exception):
         super().__init__(message)
         self.message = message
         self.kind = kind if kind in KINDS else FAILED
+        self.code = f"audio_{self.kind}"
 
 
 def classify_error(text: str) -> str:

@@ -14,10 +14,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from ..errors import SpeakerError
+
 BIG_ENDIAN = sys.byteorder == "big"
 
 
-class ChimeError(ValueError):
+class ChimeError(SpeakerError, ValueError):
+    code = "invalid"
+    field = "chime"
+
     """A chime that cannot be used: unknown name, outside the chimes folder, unreadable."""
 
 
