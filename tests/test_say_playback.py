@@ -465,7 +465,7 @@ def test_a_device_that_cannot_be_opened_is_one_clear_error(make_config, fake_coz
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if "aplay attempt" in line][-1].startswith(
-        "INFO coze_speaker.sound.players: aplay attempt 3/3: audio device 'broken' is missing")
+        "INFO coze_speaker.sound.aplay: aplay attempt 3/3: audio device 'broken' is missing")
     assert proc.stderr.strip().splitlines()[-1] == lines[0]
 
 

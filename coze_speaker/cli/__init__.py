@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .. import __version__
 from ..config import EMOTIONS, Config, ConfigError, load_config
@@ -18,6 +18,9 @@ from ..cache import CacheError
 from ..coze import CozeClient, CozeError
 from ..sound.players import PlayerError
 from ..sound.shaping import ChimeError
+
+if TYPE_CHECKING:
+    from ..cache import PhraseCache
 
 log = logging.getLogger("coze_speaker")
 
@@ -155,6 +158,7 @@ Loader = Callable[[], Config]
 
 
 def _client(config: Config) -> CozeClient:
+    """A client even without a token: the first request then says plainly what is missing."""
     return CozeClient.from_config(config.coze)
 
 
@@ -205,63 +209,28 @@ def cmd_clone(args: argparse.Namespace, load: Loader) -> int:
 # -- say ---------------------------------------------------------------------------------
 
 def cmd_say(args: argparse.Namespace, load: Loader) -> int:
-    from ..sound.shaping import load_chime
-    from ..voice.request import SpeechRequest
+    from ..app.wiring import build_sound, build_voice, play_rate
+    from ..cancel import CancelToken
+    from ..voice.request import write_wav
 
     config = load()
     text = sys.stdin.read() if args.text == "-" else args.text
-    rate = _play_rate(config, for_file=args.output is not None)
-    request = SpeechRequest.from_config(config, text, voice_id=args.voice, emotion=args.emotion,
-                                        speed=args.speed, sample_rate=rate)
-    with _source(config) as source:
-        speech = source.open(request, use_cache=not args.no_cache)
+    rate = play_rate(config, for_file=args.output is not None)
+    with build_voice(config, rate=rate) as voice:
+        request = voice.requests.build(text, voice_id=args.voice, emotion=args.emotion, speed=args.speed)
+        token = CancelToken()
+        speech = voice.source.open(request, use_cache=not args.no_cache, token=token)
         if args.output is not None:
-            from ..voice.request import write_wav
             frames = write_wav(args.output, speech, rate)
             print(f"wrote {args.output}: {frames / rate:.2f} s at {rate} Hz" + (" (cached)" if speech.cached else ""))
             return 0
-        from ..sound.players import make_player
-        from ..voice.source import Speaker
-
-        chime = None if config.audio.chime == "none" else load_chime(config.audio.chime, config.audio.chimes_dir, rate)
-        with make_player(config.audio.backend, config.audio.device) as player:
-            speaker = Speaker(player, rate=rate, preroll_ms=config.audio.preroll_ms)
-            speaker.speak(speech, volume=config.audio.volume, chime=chime)
+        sound = build_sound(config, rate=rate)
+        try:
+            sound.speaker.play(speech, token=token, volume=config.audio.volume, chime=sound.chimes.choose(None))
+        finally:
+            speech.close()
+            sound.close()
     return 0
-
-
-def _play_rate(config: Config, *, for_file: bool = False) -> int:
-    from ..sound.devices import resolve_sample_rate
-    from ..voice.request import DEFAULT_PLAY_RATE
-
-    if config.audio.sample_rate == "auto" and for_file:
-        return DEFAULT_PLAY_RATE
-    return resolve_sample_rate(config.audio.sample_rate, config.audio.device)
-
-
-class _source:
-    """The cache and (when a token is set) Coze, as one AudioSource, closed afterwards."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    def __enter__(self):
-        from urllib.parse import urlsplit
-
-        from ..cache import PhraseCache
-        from ..voice.costguard import CostGuard
-        from ..voice.source import AudioSource
-
-        config = self.config
-        self.cache = PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
-        self.client = _client(config) if config.coze.token else None
-        guard = CostGuard(config.limits.max_requests_per_hour, config.limits.max_chars_per_day)
-        return AudioSource(self.client, self.cache, guard=guard, host=urlsplit(config.coze.base_url).netloc)
-
-    def __exit__(self, *exc) -> None:
-        self.cache.close()
-        if self.client is not None:
-            self.client.close()
 
 
 # -- run ---------------------------------------------------------------------------------
@@ -287,10 +256,10 @@ def cmd_devices(args: argparse.Namespace, load: Loader) -> int:
 
 # -- cache -------------------------------------------------------------------------------
 
-def _cache(config: Config):
-    from ..cache import PhraseCache
+def _cache(config: Config) -> "PhraseCache":
+    from ..app.wiring import open_cache
 
-    return PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
+    return open_cache(config)
 
 
 def _size(n: float) -> str:
@@ -342,6 +311,7 @@ def cmd_cache_verify(args: argparse.Namespace, load: Loader) -> int:
 
 
 def cmd_cache_warm(args: argparse.Namespace, load: Loader) -> int:
+    from ..app.wiring import build_voice, play_rate
     from .warm import read_phrases, warm
 
     config = load()
@@ -349,9 +319,8 @@ def cmd_cache_warm(args: argparse.Namespace, load: Loader) -> int:
         phrases = read_phrases(args.file)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    rate = _play_rate(config, for_file=False)
-    with _source(config) as source:
-        report = warm(config, source, phrases, rate=rate, progress=sys.stderr.isatty())
+    with build_voice(config, rate=play_rate(config), offline_voice=False) as voice:
+        report = warm(voice.requests, voice.source, phrases, progress=sys.stderr.isatty())
     print(report.summary())
     return 1 if report.failed else 0
 

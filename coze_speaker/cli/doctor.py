@@ -38,10 +38,10 @@ def _print(results: List[Check], out) -> None:
             print(f"    fix: {fix}", file=out)
 
 
-def _client(config: Config):
-    from ..coze import CozeClient
+def _client(config: Config):  # type: ignore[no-untyped-def]
+    from ..app.wiring import coze_client
 
-    return CozeClient.from_config(config.coze) if config.coze.token else None
+    return coze_client(config)
 
 
 def check_token(config: Config) -> Check:
@@ -119,13 +119,13 @@ def check_broker(config: Config) -> Check:
 
 
 def check_audio(config: Config) -> Check:
-    from ..sound.devices import resolve_sample_rate
+    from ..app.wiring import play_rate
     from ..sound.players import PlayerError, make_player
     from ..sound.shaping import silence
 
     a = config.audio
     try:
-        rate = resolve_sample_rate(a.sample_rate, a.device)
+        rate = play_rate(config)
         with make_player(a.backend, a.device, retries=0) as player:
             player.play(iter([silence(rate, 50)]), rate)
     except PlayerError as exc:
@@ -137,10 +137,11 @@ def check_audio(config: Config) -> Check:
 
 
 def check_cache(config: Config) -> Check:
-    from ..cache import CacheError, PhraseCache
+    from ..app.wiring import open_cache
+    from ..cache import CacheError
 
     try:
-        with PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024)) as cache:
+        with open_cache(config) as cache:
             probe = cache.directory / "tmp" / ".doctor-probe"
             probe.parent.mkdir(exist_ok=True)
             probe.write_bytes(b"ok")

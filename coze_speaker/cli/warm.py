@@ -15,7 +15,7 @@ import yaml
 
 from ..coze import CozeError
 from ..voice.source import AudioSource
-from ..voice.request import SpeechRequest
+from ..voice.request import RequestBuilder
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,15 @@ def _phrase(item: Any, where: str) -> Phrase:
     return Phrase(item["text"], item.get("voice"), item.get("emotion"), item.get("speed"))
 
 
-def warm(config: Any, source: AudioSource, phrases: List[Phrase], *, rate: int,
+def warm(requests: RequestBuilder, source: AudioSource, phrases: List[Phrase], *,
          progress: bool = False) -> WarmReport:
+    """Synthesize the phrases that are not cached yet, within the spending caps."""
     report = WarmReport(total=len(phrases))
     for n, phrase in enumerate(phrases, 1):
         if progress:
             _bar(n - 1, len(phrases), phrase.text)
         try:
-            request = SpeechRequest.from_config(config, phrase.text, voice_id=phrase.voice,
-                                                emotion=phrase.emotion, speed=phrase.speed, sample_rate=rate)
+            request = requests.build(phrase.text, voice_id=phrase.voice, emotion=phrase.emotion, speed=phrase.speed)
             if source.is_cached(request):
                 report.cached += 1
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from .. import __version__
-from .messages import AVAILABLE, NOT_AVAILABLE, Topics
+from .topics import AVAILABLE, NOT_AVAILABLE, Topics
 
 SUPPORT_URL = "https://github.com/coze-speaker/coze-speaker"
 

@@ -6,6 +6,7 @@ queue, the speaker or Coze.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
@@ -73,6 +74,10 @@ class Announcement:
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
+
+    def replace(self, **changes: Any) -> "Announcement":
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _text(value: Any, name: str, max_bytes: int) -> str:

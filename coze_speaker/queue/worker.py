@@ -1,237 +1,195 @@
-"""The announcement queue and the worker that plays it: one at a time, by priority.
+"""The worker: the one owner of each announcement's life, from `queued` to its final event.
 
-Priority then arrival; `interrupt`/`critical` stops what plays; stale items expire instead of
-playing late; the same text within `dedup_seconds` is coalesced; the queue is bounded; the
-next item is synthesized while the current one plays; quiet hours lower the volume and hold
-items below a priority. Every accepted announcement ends in exactly one final event.
+It holds the lock around the queue policy, gives every announcement one cancel token (with
+its deadline) that synthesis and playback both obey, plays one at a time, synthesizes the
+next one while the current one plays, owns the retries of a busy or missing sound device,
+and hands every event to the sink it was given. It never calls up into the daemon.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from .announcement import PRIORITY_RANK, Announcement
-from ..coze import CozeError, CozeValidationError
+from ..cancel import CancelToken
+from ..coze import CozeError
+from ..errors import SpeakerError, error_fields
+from ..sound.player import PlayerError
+from ..sound.shaping import Chimes
+from ..sound.speaker import PlayResult, Speaker
+from ..voice.request import RequestBuilder, SpeechRequest
+from ..voice.source import MAX_AHEAD_BYTES, AudioSource, OpenSpeech
+from .announcement import Announcement
+from .events import AnnouncementEvent, EventSink, StateChanged
 from .journal import Journal
-from ..mqtt.messages import AnnouncementEvent
-from ..sound.players import PlayerError
-from ..sound.shaping import ChimeError
-from ..voice.source import AudioSource, OpenSpeech, Speaker
-from ..voice.request import SpeechRequest
+from .policy import QueuePolicy, QueueSettings
+from .state import StateStore
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[AnnouncementEvent, Announcement], None]
 #: A busy or missing sound device is tried again after 1, 2, 4… (at most 10) seconds.
 DEVICE_RETRY_BASE = 1.0
 DEVICE_RETRY_MAX = 10.0
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    max_length: int = 100
-    ttl: float = 300.0
-    dedup_seconds: float = 10.0
-    quiet_start: Optional[_dt.time] = None
-    quiet_end: Optional[_dt.time] = None
-    quiet_volume: int = 30
-    quiet_min_priority: str = "high"
-
-    @classmethod
-    def from_config(cls, config: Any) -> "QueueSettings":
-        q, qh = config.queue, config.quiet_hours
-        if qh is None:
-            return cls(q.max_length, q.ttl, q.dedup_seconds)
-        return cls(q.max_length, q.ttl, q.dedup_seconds, qh.start, qh.end, qh.volume, qh.min_priority)
-
-    def quiet(self, now: _dt.datetime) -> bool:
-        if self.quiet_start is None or self.quiet_end is None:
-            return False
-        t = now.time()
-        if self.quiet_start <= self.quiet_end:
-            return self.quiet_start <= t < self.quiet_end
-        return t >= self.quiet_start or t < self.quiet_end
+#: Cancel reasons that are not the announcement's fault: it stays in the journal.
+SHUTDOWN = "shutdown"
 
 
 @dataclass
 class _Item:
-    announcement: Announcement
+    """What the worker keeps beside an announcement while it is pending."""
+
     request: SpeechRequest
     chime: Optional[bytes]
-    seq: int
+    token: CancelToken
     speech: Optional[OpenSpeech] = field(default=None, repr=False)
-    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def sort_key(self) -> tuple:
-        """Urgent first (critical before interrupt), then priority, then arrival."""
-        return (not self.announcement.urgent, -self.announcement.rank, self.seq)
 
 
 class Announcer:
-    """Owns the queue and the playing worker; talks to the outside only through `emit`."""
+    """Owns the queue and the playing worker; talks to the outside only through `sink`."""
 
-    def __init__(self, source: AudioSource, speaker: Speaker, emit: Emit, *,
-                 build_request: Callable[[Announcement], SpeechRequest],
-                 chime_for: Callable[[Announcement], Optional[bytes]],
+    def __init__(self, source: AudioSource, speaker: Speaker, sink: EventSink, *,
+                 requests: RequestBuilder, chimes: Chimes,
                  settings: QueueSettings = QueueSettings(), volume: int = 100,
-                 journal: Optional[Journal] = None,
+                 journal: Optional[Journal] = None, volume_store: Optional[StateStore] = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], _dt.datetime] = _dt.datetime.now) -> None:
         self.source = source
         self.speaker = speaker
-        self.emit = emit
-        self.build_request = build_request
-        self.chime_for = chime_for
-        self.settings = settings
+        self.sink = sink
+        self.requests = requests
+        self.chimes = chimes
         self.volume = volume
         self.journal = journal
+        self.volume_store = volume_store
         self._clock = clock
-        self._wall = wall_clock
+        self.policy = QueuePolicy(settings, clock, wall_clock)
         self._lock = threading.Condition()
-        self._queue: list[_Item] = []
-        self._seq = itertools.count()
-        self._current: Optional[_Item] = None
-        self._interrupted: Optional[str] = None
-        self._recent: dict = {}
+        self._items: Dict[str, _Item] = {}
         self._running = False
+        self._prefetch_wanted = False
         self._thread: Optional[threading.Thread] = None
-        self.on_state: Optional[Callable[[], None]] = None
+        self._keeper: Optional[threading.Thread] = None
+        #: the worker finished an announcement or waited idle at this monotonic time (watchdog)
+        self.heartbeat = clock()
         self.last_text: Optional[str] = None
+
+    @property
+    def settings(self) -> QueueSettings:
+        return self.policy.settings
 
     # -- intake ---------------------------------------------------------------------------
 
     def submit(self, ann: Announcement) -> bool:
         """Accept an announcement (event `queued`) or refuse it with one final event."""
-        now = self._clock()
-        if ann.deadline is None:
-            ann = _with(ann, deadline=(ann.received or now) + (ann.ttl if ann.ttl is not None else self.settings.ttl))
+        ann = self.policy.with_deadline(ann)
         try:
-            request = self.build_request(ann)
-            chime = self.chime_for(ann)
-        except (CozeValidationError, ChimeError, ValueError) as exc:
-            field_name = getattr(exc, "field", None) or ("chime" if isinstance(exc, ChimeError) else None)
-            self._event(ann, "failed", error={"message": str(exc), "code": "invalid", "field": field_name})
+            request = self.requests.build(ann.text, voice_id=ann.voice, emotion=ann.emotion,
+                                          emotion_scale=ann.emotion_scale, speed=ann.speed,
+                                          loudness_rate=ann.loudness, context_texts=ann.context)
+            chime = self.chimes.choose(ann.chime)
+        except SpeakerError as exc:
+            self._event(ann, "failed", error=error_fields(exc))
             return False
-        if ann.expired(now):
+        if ann.expired(self._clock()):
             self._event(ann, "expired", reason="ttl")
             return False
-        item = _Item(ann, request, chime, next(self._seq))
-        dropped: Optional[_Item] = None
+        item = _Item(request, chime, CancelToken(ann.deadline, clock=self._clock))
+        evicted_item: Optional[_Item] = None
         with self._lock:  # held until `queued` is out, so `started` can never overtake it
-            dedup = self._dedup_key(ann)
-            seen = self._recent.get(dedup)
-            pending_ids = {i.announcement.id for i in self._queue}
-            if self._current is not None:
-                pending_ids.add(self._current.announcement.id)
-            if ann.id in pending_ids:
-                refusal = "dedup"  # the same message again (a broker redelivery after a restart)
-            elif self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
-                refusal = "dedup"
-            else:
-                refusal = None
-                self._recent[dedup] = now
-                self._forget_old(now)
-                self._queue.append(item)
-                self._queue.sort(key=_Item.sort_key)
-                if len(self._queue) > self.settings.max_length:
-                    dropped = self._queue.pop()  # lowest priority, latest arrival
-                    if dropped is item:
-                        refusal = "queue_full"
-                        self._recent.pop(dedup, None)
-            if refusal is None:
+            admission = self.policy.offer(ann)
+            if admission.accepted:
+                self._items[ann.id] = item
+                if admission.evicted is not None:
+                    evicted_item = self._items.pop(admission.evicted.id, None)
                 self.persist()
                 self._event(ann, "queued")
-                urgent = ann.urgent and self._current is not None
-                if urgent:
-                    self._interrupted = ann.id
+                playing = self.policy.playing
+                if admission.interrupt and playing is not None:
+                    self._items[playing.id].token.cancel(f"interrupted by {ann.id}")
             self._lock.notify_all()
-        if refusal is not None:
-            self._event(ann, "dropped", reason=refusal)
+        if not admission.accepted:
+            self._event(ann, "expired" if admission.reason == "expired" else "dropped",
+                        reason="ttl" if admission.reason == "expired" else admission.reason)
             return False
-        if dropped is not None:
-            self._event(dropped.announcement, "dropped", reason="queue_full")
-            self._close(dropped)
-        if urgent:
-            self._stop_current()
+        if admission.evicted is not None:
+            self._event(admission.evicted, "dropped", reason="queue_full")
+            if evicted_item is not None:
+                self._close(evicted_item)
         self._changed()
         return True
-
-    def _dedup_key(self, ann: Announcement) -> tuple:
-        return (ann.text, ann.voice, ann.emotion, ann.speed)
-
-    def _forget_old(self, now: float) -> None:
-        if len(self._recent) > 256:
-            horizon = now - self.settings.dedup_seconds
-            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
 
     # -- control --------------------------------------------------------------------------
 
     def stop(self, *, clear: bool = False) -> None:
         """Stop what plays now; with clear, drop everything queued too."""
-        cleared: list = []
         with self._lock:
-            if clear:
-                cleared, self._queue = self._queue, []
-            playing = self._current is not None
-        if cleared:
-            self.persist()
-        for item in cleared:
-            self._event(item.announcement, "dropped", reason="stopped")
+            cleared = self.policy.clear() if clear else []
+            items = [self._items.pop(a.id) for a in cleared if a.id in self._items]
+            playing = self.policy.playing
+            token = self._items[playing.id].token if playing is not None and playing.id in self._items else None
+            if cleared:
+                self.persist()
+        for ann in cleared:
+            self._event(ann, "dropped", reason="stopped")
+        for item in items:
             self._close(item)
-        if playing:
-            self._stop_current()
+        if token is not None:
+            token.cancel("stopped")
         self._changed()
 
-    def _stop_current(self) -> None:
-        current = self._current
-        if current is not None:
-            self.speaker.stop(current.speech, current.cancel)
-
     def set_volume(self, volume: int) -> None:
+        """The default volume from now on, kept across restarts."""
         self.volume = max(0, min(100, int(volume)))
+        if self.volume_store is not None:
+            self.volume_store.save("volume", self.volume)
         self._changed()
 
     @property
     def speaking(self) -> bool:
-        return self._current is not None
+        return self.policy.playing is not None
 
     def queue_length(self) -> int:
         with self._lock:
-            return len(self._queue)
+            return len(self.policy)
 
-    def pending(self) -> list:
-        """The announcements waiting, in play order (for a reload or a journal)."""
+    def pending(self) -> List[Announcement]:
+        """The announcements waiting, in play order."""
         with self._lock:
-            return [i.announcement for i in self._queue]
+            return self.policy.waiting()
 
     # -- worker ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._running = True
+        self.heartbeat = self._clock()
         self._thread = threading.Thread(target=self._run, name="coze-speaker-player", daemon=True)
         self._thread.start()
-        self._sweeper = threading.Thread(target=self._sweep, name="coze-speaker-expiry", daemon=True)
-        self._sweeper.start()
+        self._keeper = threading.Thread(target=self._keep, name="coze-speaker-queue", daemon=True)
+        self._keeper.start()
 
-    def shutdown(self, timeout: float = 3.0) -> list:
-        """Stop the worker; returns the announcements still queued (not played, no event)."""
+    def shutdown(self, timeout: float = 3.0) -> List[Announcement]:
+        """Stop the worker and return what is pending, the playing one first (it plays again
+        from the start next time). No event is sent and the journal keeps them all."""
         with self._lock:
             self._running = False
-            left, self._queue = self._queue, []
+            playing = self.policy.playing
+            pending = self.policy.pending()
+            items = list(self._items.values())
             self._lock.notify_all()
-        for item in left:
+        for item in items:
+            item.token.cancel(SHUTDOWN)
             self._close(item)
-        self._stop_current()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._sweeper.join(timeout)
-        return [i.announcement for i in left]
+        if self._keeper is not None:
+            self._keeper.join(timeout)
+        if playing is not None:
+            log.info("announcement %s was playing at shutdown; it stays queued", playing.id)
+        return pending
 
     @property
     def alive(self) -> bool:
@@ -239,164 +197,193 @@ class Announcer:
 
     def _run(self) -> None:
         while True:
-            item = self._next()
-            if item is None:
+            ann = self._next()
+            if ann is None:
                 return
+            item = self._items[ann.id]
             try:
-                kind, fields = self._play(item)
-            except Exception:  # never let one announcement kill the worker
-                log.exception("announcement %s failed unexpectedly", item.announcement.id)
-                kind, fields = "failed", {"error": {"message": "internal error", "code": "internal"}}
+                kind, fields = self._play(ann, item)
+            except Exception as exc:  # never let one announcement kill the worker
+                log.exception("announcement %s failed unexpectedly", ann.id)
+                kind, fields = "failed", {"error": error_fields(exc)}
+            if item.token.reason == SHUTDOWN:
+                return  # it stays in the journal and plays again after the restart
             with self._lock:
-                self._current = None
-            self.persist()  # it leaves the journal before its final event goes out
-            self._event(item.announcement, kind, **fields)
+                self.policy.done()
+                self._items.pop(ann.id, None)
+                self.persist()  # it leaves the journal before its final event goes out
+            self._close(item)
+            self._event(ann, kind, **fields)
+            self.heartbeat = self._clock()
             self._changed()
 
-    def _sweep(self) -> None:
-        """Expire stale items while something else plays: `expired` comes when it is true."""
+    def _next(self) -> Optional[Announcement]:
         with self._lock:
             while self._running:
-                now = self._clock()
-                expired = self._take_expired(now)
-                if expired:
-                    self._lock.release()
-                    try:
-                        self._expire(expired)
-                    finally:
-                        self._lock.acquire()
-                    continue
-                self._lock.wait(timeout=self._wait_time(now))
-
-    def _take_expired(self, now: float) -> list:
-        expired = [i for i in self._queue if i.announcement.expired(now)]
-        for i in expired:
-            self._queue.remove(i)
-        return expired
-
-    def _expire(self, items: list) -> None:
-        self.persist()
-        for i in items:
-            self._event(i.announcement, "expired", reason="ttl")
-            self._close(i)
-        self._changed()
-
-    def _next(self) -> Optional[_Item]:
-        with self._lock:
-            while self._running:
-                now = self._clock()
-                quiet = self.settings.quiet(self._wall())
-                expired = self._take_expired(now)
-                chosen = None
-                for i in self._queue:
-                    if quiet and PRIORITY_RANK[i.announcement.priority] < PRIORITY_RANK[self.settings.quiet_min_priority]:
-                        continue  # held until quiet hours end (or its TTL runs out)
-                    chosen = i
-                    break
-                if chosen is not None:
-                    self._queue.remove(chosen)
-                    self._current = chosen
-                    self._interrupted = None
-                if expired or chosen is not None:
-                    self._lock.release()
-                    try:
-                        if expired:
-                            self._expire(expired)
-                    finally:
-                        self._lock.acquire()
-                    if chosen is not None:
-                        return chosen
-                    continue
-                self._lock.wait(timeout=self._wait_time(now))
+                ann = self.policy.next_to_play()
+                if ann is not None:
+                    return ann
+                self.heartbeat = self._clock()
+                self._lock.wait(timeout=self.policy.next_deadline_in(cap=5.0))
             return None
 
-    def _wait_time(self, now: float) -> float:
-        deadlines = [i.announcement.deadline - now for i in self._queue if i.announcement.deadline is not None]
-        return max(0.01, min([30.0, *deadlines]))
+    def _keep(self) -> None:
+        """Expire stale items as soon as they are (also while something plays) and start
+        synthesizing the next one once the current one is audible."""
+        with self._lock:
+            while self._running:
+                expired = self.policy.take_expired()
+                items = [self._items.pop(a.id) for a in expired if a.id in self._items]
+                if expired:
+                    self.persist()
+                prefetch = None
+                if self._prefetch_wanted:
+                    self._prefetch_wanted = False
+                    upcoming = self.policy.peek()
+                    if upcoming is not None and self._items[upcoming.id].speech is None:
+                        prefetch = (upcoming, self._items[upcoming.id])
+                if expired or prefetch:
+                    self._lock.release()
+                    try:
+                        for ann in expired:
+                            self._event(ann, "expired", reason="ttl")
+                        for item in items:
+                            self._close(item)
+                        if expired:
+                            self._changed()
+                        if prefetch is not None:
+                            ann, item = prefetch
+                            item.speech = self.source.open(item.request, use_cache=ann.cache, token=item.token)
+                    finally:
+                        self._lock.acquire()
+                    continue
+                self._lock.wait(timeout=self.policy.next_deadline_in())
 
-    def _play(self, item: _Item) -> tuple:
-        """Speak one item; returns its final event (kind, fields)."""
-        ann = item.announcement
-        volume = ann.volume if ann.volume is not None else self.volume
-        if self.settings.quiet(self._wall()):
-            volume = min(volume, self.settings.quiet_volume)
+    def _want_prefetch(self) -> None:
+        with self._lock:
+            self._prefetch_wanted = True
+            self._lock.notify_all()
+
+    def _play(self, ann: Announcement, item: _Item) -> Tuple[str, Dict[str, Any]]:
+        """Speak one announcement; returns its final event (kind, fields)."""
+        if item.token.expired():
+            return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
+        volume = self.policy.volume_for(ann, self.volume)
         self.last_text = ann.text
         self._event(ann, "started")
         self._changed()
+        token = item.token
         attempt = 0
+        calls = 0
         while True:
-            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False)
-            item.speech = speech
+            if token.expired():
+                return "expired", {"reason": "ttl", "api_calls": calls}
+            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
+            item.speech = None
             try:
-                result = self.speaker.speak(speech, volume=volume, chime=item.chime, repeat=ann.repeat,
-                                            cancel=item.cancel, on_first_audio=lambda _t: self._prefetch_next())
+                result, cached = self._rounds(ann, item, speech, volume)
+                calls += speech.api_calls
                 break
             except CozeError as exc:
-                return "failed", {"error": exc.event_fields(), "api_calls": speech.api_calls}
-            except ChimeError as exc:
-                return "failed", {"error": {"message": str(exc), "code": "invalid", "field": "chime"}}
+                return "failed", {"error": error_fields(exc), "api_calls": calls + speech.api_calls}
             except PlayerError as exc:
-                error = {"message": str(exc), "code": f"audio_{exc.kind}"}
+                calls += speech.api_calls
+                speech.close()
                 attempt += 1
                 delay = min(DEVICE_RETRY_MAX, DEVICE_RETRY_BASE * 2 ** (attempt - 1))
-                if ann.deadline is None or self._clock() + delay > ann.deadline or item.cancel.is_set():
-                    return "failed", {"error": error}
+                left = token.remaining()
+                if left is None or left < delay or token.cancelled:
+                    return "failed", {"error": error_fields(exc), "api_calls": calls}
                 log.warning("%s; trying again in %.0f s (until the announcement expires)", exc, delay)
-                item.speech = None  # the next attempt reads it again, from the cache by now
-                if item.cancel.wait(delay):
-                    return "interrupted", {"reason": "stopped"}
+                if token.wait(delay):
+                    return "interrupted", {"reason": token.reason or "stopped", "api_calls": calls}
+            except SpeakerError as exc:
+                return "failed", {"error": error_fields(exc), "api_calls": calls + speech.api_calls}
         if not result.played:
-            by = self._interrupted
-            return "interrupted", {"reason": f"interrupted by {by}" if by else "stopped",
-                                   "cached": result.cached, "api_calls": result.api_calls}
-        fields: dict = {"cached": result.cached, "api_calls": result.api_calls,
-                        "duration_ms": int(result.duration * 1000)}
+            if token.expired() and not token.cancelled:
+                return "expired", {"reason": "ttl", "cached": cached, "api_calls": calls}
+            return "interrupted", {"reason": token.reason or "stopped", "cached": cached, "api_calls": calls}
+        fields: Dict[str, Any] = {"cached": cached, "api_calls": calls, "duration_ms": int(result.duration * 1000)}
         if result.first_audio is not None and ann.received:
             fields["latency_ms"] = max(0, int(round((result.first_audio - ann.received) * 1000)))
-        if result.fallback is not None:
-            fields.update(fallback=True, reason=str(result.fallback), error=result.fallback.event_fields())
+        if speech.fallback_reason is not None:
+            fields.update(fallback=True, reason=str(speech.fallback_reason),
+                          error=error_fields(speech.fallback_reason))
         return "finished", fields
 
-    def _prefetch_next(self) -> None:
-        """Start synthesizing the item that will play next, while this one plays."""
-        with self._lock:
-            upcoming = self._queue[0] if self._queue else None
-            if upcoming is None or upcoming.speech is not None:
-                return
-            upcoming.speech = self.source.open(upcoming.request, use_cache=upcoming.announcement.cache)
+    def _rounds(self, ann: Announcement, item: _Item, speech: OpenSpeech,
+                volume: int) -> Tuple[PlayResult, bool]:
+        """Play the speech `repeat` times. The first round is recorded while it is short
+        (at most the read-ahead bound); a longer one is opened again from the source (the
+        cache by then) for each repeat, so memory stays bounded."""
+        token = item.token
+        recording: Optional[List[bytes]] = [] if ann.repeat > 1 else None
+
+        def recorded(chunks: OpenSpeech) -> Iterator[bytes]:
+            nonlocal recording
+            size = 0
+            for chunk in chunks:
+                if recording is not None:
+                    size += len(chunk)
+                    if size > MAX_AHEAD_BYTES:
+                        recording = None
+                    else:
+                        recording.append(chunk)
+                yield chunk
+
+        total = PlayResult(played=False)
+        cached = True
+        try:
+            for round_no in range(ann.repeat):
+                if token.cancelled:
+                    break
+                if round_no == 0:
+                    chunks: Any = recorded(speech)
+                elif recording is not None:
+                    chunks = iter(recording)
+                else:
+                    again = self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
+                    chunks = again
+                result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime,
+                                           after_first_audio=self._want_prefetch if round_no == 0 else None)
+                if round_no == 0:
+                    total.first_audio = result.first_audio
+                elif isinstance(chunks, OpenSpeech):
+                    speech.api_calls += chunks.api_calls
+                    cached = cached and chunks.cached
+                    chunks.close()
+                total.duration += result.duration
+                total.played = result.played
+                if not result.played:
+                    break
+        finally:
+            speech.close()
+        if speech.error is not None and not token.cancelled:
+            raise speech.error
+        return total, cached and speech.cached
 
     def _close(self, item: _Item) -> None:
-        item.cancel.set()
         if item.speech is not None:
-            item.speech.cancel()
+            item.speech.close()
 
     # -- events ---------------------------------------------------------------------------
 
     def _event(self, ann: Announcement, kind: str, **fields: Any) -> None:
-        event = AnnouncementEvent(id=ann.id, event=kind, text=ann.text, priority=ann.priority,
-                                  source=ann.source, **fields)
         try:
-            self.emit(event, ann)
+            self.sink(AnnouncementEvent.about(ann, kind, **fields))
         except Exception:
-            log.exception("could not publish the %s event of %s", kind, ann.id)
+            log.exception("could not report the %s event of %s", kind, ann.id)
 
     def persist(self) -> None:
         """Write what is pending (playing and queued) to the journal, if there is one."""
         if self.journal is None:
             return
         with self._lock:
-            items = ([self._current] if self._current is not None else []) + list(self._queue)
-            snapshot = [i.announcement for i in items]
+            snapshot = self.policy.pending()
         self.journal.write(snapshot)
 
     def _changed(self) -> None:
-        if self.on_state is not None:
-            try:
-                self.on_state()
-            except Exception:
-                log.exception("could not publish the state")
-
-
-def _with(ann: Announcement, **changes: Any) -> Announcement:
-    import dataclasses
-    return dataclasses.replace(ann, **changes)
+        try:
+            self.sink(StateChanged())
+        except Exception:
+            log.exception("could not report a state change")

@@ -12,7 +12,7 @@ import wave
 from array import array
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 from ..errors import SpeakerError
 
@@ -174,3 +174,23 @@ def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optio
     yield lead + apply_volume(first, volume)
     for chunk in speech:
         yield apply_volume(chunk, volume)
+
+
+class Chimes:
+    """The configured chime and chimes folder, resolved for one announcement at the play rate."""
+
+    def __init__(self, configured: str, chimes_dir: Optional[Path], rate: int) -> None:
+        self.configured = configured
+        self.chimes_dir = chimes_dir
+        self.rate = rate
+
+    def choose(self, choice: "Union[bool, str, None]") -> Optional[bytes]:
+        """None/True: the configured one (True: even when it is "none"), False: no chime, a
+        name: that chime. Raises ChimeError."""
+        if choice is False or (choice is None and self.configured == "none"):
+            return None
+        if choice is True or choice is None:
+            name = self.configured if self.configured != "none" else "builtin"
+        else:
+            name = choice
+        return load_chime(name, self.chimes_dir, self.rate)

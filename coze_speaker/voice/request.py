@@ -89,3 +89,19 @@ def write_wav(path: Union[str, Path], chunks: Iterable[bytes], rate: int) -> int
         tmp.unlink(missing_ok=True)
         raise
     return frames
+
+
+class RequestBuilder:
+    """The configured voice defaults at the play rate: one SpeechRequest per announcement."""
+
+    def __init__(self, config: Any, rate: int) -> None:
+        self.config = config
+        self.rate = rate
+
+    def build(self, text: str, *, voice_id: Optional[str] = None, emotion: Optional[str] = None,
+              emotion_scale: Optional[float] = None, speed: Optional[float] = None,
+              loudness_rate: Optional[int] = None, context_texts: Optional[str] = None) -> SpeechRequest:
+        """Raises CozeValidationError naming the field, before any call is spent."""
+        return SpeechRequest.from_config(self.config, text, voice_id=voice_id, emotion=emotion,
+                                         emotion_scale=emotion_scale, speed=speed, loudness_rate=loudness_rate,
+                                         context_texts=context_texts, sample_rate=self.rate)

@@ -1,0 +1,285 @@
+"""The MQTT front end: the only code that receives or publishes, and the only publisher.
+
+paho's network thread only hands each message to the intake thread (the rhasspy-hermes
+pattern), so a slow handler never stalls keep-alives. The intake thread parses a message
+into an Announcement (or a command) and hands it to the queue; handlers return what to
+publish. Events come back from the queue through `sink`, and are turned into MQTT here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional
+
+from .. import __version__, sdnotify
+from ..cache import CacheError, PhraseCache
+from ..queue.announcement import Announcement, PayloadError, make_announcement, parse_say
+from ..queue.events import AnnouncementEvent, QueueEvent, StateChanged
+from ..queue.worker import Announcer
+from .bridge import Incoming, MqttBridge
+from .hermes import HermesError, HermesSay, HermesSayFinished
+from .homeassistant import discovery_payload, discovery_topic
+from .payloads import SpeakerState, event_payload
+from .topics import AVAILABLE, NOT_AVAILABLE, Topics
+
+log = logging.getLogger(__name__)
+
+#: The retained state is published at most this often (seconds).
+STATE_INTERVAL = 0.2
+_STOP_INTAKE = object()
+
+
+@dataclass(frozen=True)
+class Publish:
+    """One message to send."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: Optional[int] = None
+    correlation_data: Optional[bytes] = None
+
+
+class MqttFrontEnd:
+    """Routes `say`, `stop`, `volume/set`, Hermes and HA status to one queue worker."""
+
+    def __init__(self, config: Any, worker: Announcer, cache: Optional[PhraseCache] = None, *,
+                 on_connected: Callable[[], None] = lambda: None) -> None:
+        self.config = config
+        self.worker = worker
+        self.cache = cache
+        mqtt = config.mqtt
+        self.topics = Topics(mqtt.base_topic, mqtt.device_id, tuple(mqtt.groups),
+                             config.homeassistant.discovery_prefix)
+        self._on_connected_cb = on_connected
+        self._inbox: "queue.Queue[Any]" = queue.Queue()
+        self._intake: Optional[threading.Thread] = None
+        self._last_state: Optional[bytes] = None
+        self._state_lock = threading.Lock()
+        self._state_timer: Optional[threading.Timer] = None
+        self._state_sent_at = 0.0
+        self._closed = False
+        self.bridge = MqttBridge(
+            mqtt, client_id=mqtt.client_id or f"coze-speaker-{mqtt.device_id}",
+            will_topic=self.topics.availability, will_payload=NOT_AVAILABLE,
+            subscriptions=self.subscriptions, on_message=self._inbox.put, on_connect=self._on_connected,
+            session_expiry=int(config.queue.ttl) if mqtt.protocol == 5 else 0,
+        )
+
+    @property
+    def connected(self) -> threading.Event:
+        return self.bridge.connected
+
+    def subscriptions(self) -> List[str]:
+        topics = [*self.topics.say_topics, self.topics.stop, self.topics.volume_set]
+        if self.config.homeassistant.enabled:
+            topics.append(self.topics.ha_status)
+        if self.config.hermes.enabled:
+            topics.append(HermesSay.TOPIC)
+        return topics
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the intake thread and connect in the background."""
+        self._intake = threading.Thread(target=self._take_in, name="coze-speaker-intake", daemon=True)
+        self._intake.start()
+        self.bridge.start()
+
+    def stop(self, *, offline: bool = True, timeout: float = 3.0) -> None:
+        """Stop taking messages (those not yet handled stay with the broker's session) and
+        disconnect, publishing `offline` first unless a reload hands over to a new front end."""
+        self._inbox.put(_STOP_INTAKE)
+        if self._intake is not None:
+            self._intake.join(timeout)
+        with self._state_lock:
+            self._closed = True
+            if self._state_timer is not None:
+                self._state_timer.cancel()
+                self._state_timer = None
+        if offline:
+            self.bridge.stop(self.topics.availability, NOT_AVAILABLE)
+        else:
+            self.bridge.stop()
+
+    def _take_in(self) -> None:
+        while True:
+            msg = self._inbox.get()
+            if msg is _STOP_INTAKE:
+                return
+            try:
+                for out in self.handle(msg):
+                    self.publish(out)
+            except Exception:  # a handler bug must not stop the intake
+                log.exception("handling a message on %s failed", getattr(msg, "topic", "?"))
+
+    def publish(self, out: Publish) -> None:
+        self.bridge.publish(out.topic, out.payload, retain=out.retain, qos=out.qos,
+                            correlation_data=out.correlation_data)
+
+    # -- MQTT in --------------------------------------------------------------------------
+
+    def handle(self, msg: Incoming) -> List[Publish]:
+        """Route one message; returns what to publish besides the queue's own events."""
+        topics = self.topics
+        if msg.topic in topics.say_topics:
+            return self._on_say(msg)
+        if msg.topic == topics.stop:
+            self.worker.stop(clear=msg.payload.strip().lower() == b"all")
+        elif msg.topic == topics.volume_set:
+            return self._on_volume(msg.payload)
+        elif msg.topic == topics.ha_status:
+            if msg.payload.strip().lower() == b"online":
+                return self.discovery()
+        elif msg.topic == HermesSay.TOPIC:
+            return self._on_hermes(msg)
+        return []
+
+    def _on_say(self, msg: Incoming) -> List[Publish]:
+        topics = self.topics
+        source = "mqtt" if msg.topic == topics.say else ("all" if msg.topic == topics.all_say else "group")
+        extra: dict = {"source": source, "response_topic": msg.response_topic,
+                       "correlation_data": msg.correlation_data}
+        try:
+            ann = parse_say(msg.payload, max_text_bytes=self.config.limits.max_text_bytes,
+                            received=msg.received, **extra)
+        except PayloadError as exc:
+            bad = Announcement(text=_preview(msg.payload), received=msg.received, **extra)
+            if exc.announcement_id:
+                bad = bad.replace(id=exc.announcement_id)
+            log.warning("refused a say message on %s: %s", msg.topic, exc)
+            return self.event_messages(AnnouncementEvent.about(bad, "failed", error=exc.event_fields()))
+        if msg.retain:
+            log.warning("ignored a retained say message on %s (clear it with an empty retained message)",
+                        msg.topic)
+            return self.event_messages(AnnouncementEvent.about(ann, "dropped", reason="retained"))
+        if ann.ttl is None and msg.expiry:
+            ann = ann.replace(deadline=msg.received + msg.expiry)
+        self.worker.submit(ann)
+        return []
+
+    def _on_volume(self, payload: bytes) -> List[Publish]:
+        try:
+            volume = float(payload.decode("ascii").strip())
+            if not 0 <= volume <= 100:
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            log.warning("ignored volume %r: expected a number from 0 to 100", payload[:40])
+            return []
+        self.worker.set_volume(int(round(volume)))
+        return [Publish(self.topics.volume, str(self.worker.volume).encode(), retain=True)]
+
+    def _on_hermes(self, msg: Incoming) -> List[Publish]:
+        site_id = self.config.hermes.site_id
+        try:
+            say = HermesSay.from_payload(msg.payload)
+        except ValueError as exc:
+            return [Publish(HermesError.TOPIC, HermesError(str(exc), site_id).payload())]
+        if say.site_id != site_id:
+            return []
+        try:
+            ann = make_announcement(say.text, max_text_bytes=self.config.limits.max_text_bytes,
+                                    id=say.id or f"hermes-{time.monotonic_ns()}", source="hermes",
+                                    volume=None if say.volume is None else int(round(say.volume * 100)),
+                                    received=msg.received, site_id=say.site_id, session_id=say.session_id)
+        except PayloadError as exc:
+            return [Publish(HermesError.TOPIC, HermesError(str(exc), say.site_id, session_id=say.session_id).payload()),
+                    Publish(HermesSayFinished.TOPIC, HermesSayFinished(say.id, say.site_id, say.session_id).payload())]
+        self.worker.submit(ann)
+        return []
+
+    # -- MQTT out -------------------------------------------------------------------------
+
+    def sink(self, event: QueueEvent) -> None:
+        """Where the queue hands its events (any thread)."""
+        if isinstance(event, StateChanged):
+            self.publish_state()
+            return
+        for out in self.event_messages(event):
+            self.publish(out)
+
+    def event_messages(self, event: AnnouncementEvent) -> List[Publish]:
+        """An event on B/D/event; a final one also on its response topic and to Hermes."""
+        payload = event_payload(event)
+        out = [Publish(self.topics.event, payload)]
+        ann = event.announcement
+        if not event.final or ann is None:
+            return out
+        if ann.response_topic:
+            out.append(Publish(ann.response_topic, payload, correlation_data=ann.correlation_data))
+        if ann.source == "hermes":
+            site = ann.site_id or self.config.hermes.site_id
+            if event.event == "failed":
+                message = (event.error or {}).get("message", "failed")
+                out.append(Publish(HermesError.TOPIC, HermesError(message, site, context=ann.id,
+                                                                  session_id=ann.session_id).payload()))
+            out.append(Publish(HermesSayFinished.TOPIC, HermesSayFinished(ann.id, site, ann.session_id).payload()))
+        return out
+
+    def _on_connected(self) -> None:
+        self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
+        self.bridge.publish(self.topics.volume, str(self.worker.volume).encode(), retain=True, qos=1)
+        with self._state_lock:
+            self._last_state = None
+        self.publish_state()
+        for out in self.discovery():
+            self.publish(out)
+        self._on_connected_cb()
+
+    def discovery(self) -> List[Publish]:
+        if not self.config.homeassistant.enabled:
+            return []
+        return [Publish(discovery_topic(self.topics), discovery_payload(self.topics), retain=True, qos=1)]
+
+    def publish_state(self) -> None:
+        """Publish the state, at most every STATE_INTERVAL seconds (a burst of 1000 messages
+        must not become 5000 state messages); the last change is always published."""
+        with self._state_lock:
+            if self._state_timer is not None or self._closed:
+                return
+            wait = self._state_sent_at + STATE_INTERVAL - time.monotonic()
+            if wait > 0:
+                self._state_timer = threading.Timer(wait, self._publish_state_now)
+                self._state_timer.daemon = True
+                self._state_timer.start()
+                return
+        self._publish_state_now()
+
+    def state(self) -> Optional[SpeakerState]:
+        """The speaker's state now (None while the cache is closed by a reload or shutdown)."""
+        cache: dict = {}
+        if self.cache is not None:
+            try:
+                stats = self.cache.stats()
+            except CacheError:
+                return None
+            cache = {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
+        worker = self.worker
+        return SpeakerState(state="speaking" if worker.speaking else "idle", volume=worker.volume,
+                            queue=worker.queue_length(), cache=cache, version=__version__,
+                            last=(worker.last_text or "")[:250] or None)
+
+    def _publish_state_now(self) -> None:
+        with self._state_lock:
+            self._state_timer = None
+            self._state_sent_at = time.monotonic()
+        state = self.state()
+        if state is None:
+            return
+        payload = state.payload()
+        with self._state_lock:
+            if payload == self._last_state or self._closed:
+                return
+            self._last_state = payload
+        self.bridge.publish(self.topics.state, payload, retain=True, qos=1)
+        sdnotify.notify(f"STATUS={state.state}, queue {state.queue}, volume {state.volume}")
+
+
+def _preview(payload: bytes) -> str:
+    """A short, printable echo of a refused payload for its event."""
+    text = payload[:80].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text) + ("…" if len(payload) > 80 else "")

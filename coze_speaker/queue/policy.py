@@ -1,0 +1,195 @@
+"""The queue's rules as plain code: order, priority, dedup, overflow, expiry, quiet hours.
+
+No threads, no I/O, an injected clock: the worker holds the lock and asks the policy what
+to do, and the rules are unit-tested in milliseconds (tests/test_queue_policy.py).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..vocabulary import PRIORITY_RANK
+from .announcement import Announcement
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The queue's part of the config (queue: and quiet_hours:)."""
+
+    max_length: int = 100
+    ttl: float = 300.0
+    dedup_seconds: float = 10.0
+    quiet_start: Optional[_dt.time] = None
+    quiet_end: Optional[_dt.time] = None
+    quiet_volume: int = 30
+    quiet_min_priority: str = "high"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "QueueSettings":
+        q, qh = config.queue, config.quiet_hours
+        if qh is None:
+            return cls(q.max_length, q.ttl, q.dedup_seconds)
+        return cls(q.max_length, q.ttl, q.dedup_seconds, qh.start, qh.end, qh.volume, qh.min_priority)
+
+    def quiet(self, now: _dt.datetime) -> bool:
+        if self.quiet_start is None or self.quiet_end is None:
+            return False
+        t = now.time()
+        if self.quiet_start <= self.quiet_end:
+            return self.quiet_start <= t < self.quiet_end
+        return t >= self.quiet_start or t < self.quiet_end
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What offering an announcement did: accepted, or refused with a reason; maybe it pushed
+    out the lowest one (`evicted`), maybe it must interrupt what plays."""
+
+    accepted: bool
+    reason: Optional[str] = None
+    evicted: Optional[Announcement] = None
+    interrupt: bool = False
+
+
+@dataclass
+class _Entry:
+    announcement: Announcement
+    seq: int
+
+    def sort_key(self) -> Tuple[bool, int, int]:
+        """Urgent first (critical before interrupt), then priority, then arrival."""
+        return (not self.announcement.urgent, -self.announcement.rank, self.seq)
+
+
+@dataclass
+class QueuePolicy:
+    """The waiting announcements and the one playing; not thread-safe (the worker locks)."""
+
+    settings: QueueSettings = field(default_factory=QueueSettings)
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], _dt.datetime] = _dt.datetime.now
+
+    def __post_init__(self) -> None:
+        self._waiting: List[_Entry] = []
+        self._seq = itertools.count()
+        self._recent: Dict[tuple, float] = {}
+        self.playing: Optional[Announcement] = None
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def with_deadline(self, ann: Announcement) -> Announcement:
+        """The announcement with its deadline set: its own ttl, or the configured one."""
+        if ann.deadline is not None:
+            return ann
+        ttl = ann.ttl if ann.ttl is not None else self.settings.ttl
+        return ann.replace(deadline=(ann.received or self.clock()) + ttl)
+
+    def offer(self, ann: Announcement) -> Admission:
+        """Queue an announcement (its deadline already set) or say why not."""
+        now = self.clock()
+        if ann.expired(now):
+            return Admission(False, "expired")
+        pending = {e.announcement.id for e in self._waiting}
+        if self.playing is not None:
+            pending.add(self.playing.id)
+        if ann.id in pending:
+            return Admission(False, "dedup")  # the same message again (a broker redelivery)
+        key = _dedup_key(ann)
+        seen = self._recent.get(key)
+        if self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
+            return Admission(False, "dedup")
+        entry = _Entry(ann, next(self._seq))
+        self._waiting.append(entry)
+        self._waiting.sort(key=_Entry.sort_key)
+        evicted = None
+        if len(self._waiting) > self.settings.max_length:
+            evicted = self._waiting.pop().announcement  # lowest priority, latest arrival
+            if evicted is ann:
+                return Admission(False, "queue_full")
+        self._recent[key] = now
+        self._forget_old(now)
+        return Admission(True, evicted=evicted, interrupt=ann.urgent and self.playing is not None)
+
+    def _forget_old(self, now: float) -> None:
+        if len(self._recent) > 256:
+            horizon = now - self.settings.dedup_seconds
+            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
+
+    # -- output ---------------------------------------------------------------------------
+
+    def take_expired(self) -> List[Announcement]:
+        """Remove and return the waiting announcements whose deadline has passed."""
+        now = self.clock()
+        expired = [e for e in self._waiting if e.announcement.expired(now)]
+        if expired:
+            self._waiting = [e for e in self._waiting if not e.announcement.expired(now)]
+        return [e.announcement for e in expired]
+
+    def next_to_play(self) -> Optional[Announcement]:
+        """The first waiting announcement not held by quiet hours; it becomes `playing`."""
+        if self.playing is not None:
+            return None
+        quiet = self.quiet()
+        for entry in self._waiting:
+            if quiet and entry.announcement.rank < PRIORITY_RANK[self.settings.quiet_min_priority]:
+                continue  # held until quiet hours end (or its TTL runs out)
+            self._waiting.remove(entry)
+            self.playing = entry.announcement
+            return entry.announcement
+        return None
+
+    def peek(self) -> Optional[Announcement]:
+        """What would play next (for synthesizing ahead)."""
+        return self._waiting[0].announcement if self._waiting else None
+
+    def done(self) -> Optional[Announcement]:
+        """The playing announcement has ended."""
+        ended, self.playing = self.playing, None
+        return ended
+
+    def requeue(self, ann: Announcement) -> None:
+        """Put an announcement back in its place (it keeps its deadline)."""
+        if self.playing is not None and self.playing.id == ann.id:
+            self.playing = None
+        self._waiting.append(_Entry(ann, next(self._seq)))
+        self._waiting.sort(key=_Entry.sort_key)
+
+    def clear(self) -> List[Announcement]:
+        """Remove every waiting announcement."""
+        cleared, self._waiting = [e.announcement for e in self._waiting], []
+        return cleared
+
+    def waiting(self) -> List[Announcement]:
+        """The waiting announcements in play order."""
+        return [e.announcement for e in self._waiting]
+
+    def pending(self) -> List[Announcement]:
+        """What the journal must keep: the playing one first, then the waiting ones."""
+        return ([self.playing] if self.playing is not None else []) + self.waiting()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def next_deadline_in(self, cap: float = 30.0) -> float:
+        """Seconds until the next waiting deadline (at least 10 ms, at most cap)."""
+        now = self.clock()
+        deadlines = [e.announcement.deadline - now for e in self._waiting if e.announcement.deadline is not None]
+        return max(0.01, min([cap, *deadlines]))
+
+    # -- quiet hours ----------------------------------------------------------------------
+
+    def quiet(self) -> bool:
+        return self.settings.quiet(self.wall_clock())
+
+    def volume_for(self, ann: Announcement, default: int) -> int:
+        """The announcement's volume (or the default), capped during quiet hours."""
+        volume = ann.volume if ann.volume is not None else default
+        return min(volume, self.settings.quiet_volume) if self.quiet() else volume
+
+
+def _dedup_key(ann: Announcement) -> tuple:
+    return (ann.text, ann.voice, ann.emotion, ann.speed)

@@ -1,0 +1,72 @@
+"""Plays one stream of PCM through a player, shaped (chime, pre-roll, volume) for the moment.
+
+The speaker knows nothing of Coze or the cache: it takes chunks and the announcement's
+cancel token, so a stop silences the device whoever asks for it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Optional
+
+from ..cancel import CancelToken
+from .player import Player
+from .shaping import shape
+
+
+@dataclass
+class PlayResult:
+    """How one playback went."""
+
+    played: bool  #: to the end (False: stopped, or the token was cancelled)
+    first_audio: Optional[float] = None  #: monotonic time the first speech chunk was handed on
+    duration: float = 0.0
+
+
+class Speaker:
+    """A player with the shaping of the moment; one playback at a time."""
+
+    def __init__(self, player: Player, *, rate: int, preroll_ms: int = 0) -> None:
+        self.player = player
+        self.rate = rate
+        self.preroll_ms = preroll_ms
+
+    def play(self, chunks: Iterable[bytes], *, token: CancelToken, volume: int = 100,
+             chime: Optional[bytes] = None,
+             after_first_audio: Optional[Callable[[], None]] = None) -> PlayResult:
+        """Play the chunks unless the token is cancelled; raises PlayerError (and whatever the
+        chunks raise).
+
+        The token is checked before every chunk, so a stop that comes before the player has
+        even started is not lost; cancelling it stops the device at once.
+        `after_first_audio` runs once the first chunk has been handed on, never before it:
+        work it starts (synthesizing the next announcement) stays off the first chunk's path.
+        """
+        first: List[float] = []
+
+        def guarded(stream: Iterable[bytes]) -> Iterator[bytes]:
+            for chunk in stream:
+                if token.cancelled:
+                    return
+                if not first:
+                    first.append(time.monotonic())
+                    yield chunk
+                    if after_first_audio is not None:
+                        after_first_audio()
+                    continue
+                yield chunk
+
+        started = time.monotonic()
+        unregister = token.on_cancel(self.player.stop)
+        try:
+            played = self.player.play(guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime,
+                                                    preroll_ms=self.preroll_ms)), self.rate)
+        finally:
+            unregister()
+        return PlayResult(played=bool(played) and not token.cancelled,
+                          first_audio=first[0] if first else None, duration=time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Silence the device now (from any thread)."""
+        self.player.stop()
