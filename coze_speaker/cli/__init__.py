@@ -216,7 +216,7 @@ def cmd_say(args: argparse.Namespace, load: Loader) -> int:
     with _source(config) as source:
         speech = source.open(request, use_cache=not args.no_cache)
         if args.output is not None:
-            from ..voice.request import write_wav
+            from ..sound.wav import write_wav
             frames = write_wav(args.output, speech, rate)
             print(f"wrote {args.output}: {frames / rate:.2f} s at {rate} Hz" + (" (cached)" if speech.cached else ""))
             return 0
