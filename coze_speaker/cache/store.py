@@ -211,6 +211,7 @@ class PhraseCache:
         OSError when the file could not be installed (nothing changed). False when the file
         was installed but evicted by another process before its row could be written.
         """
+        # durable: a row may only ever describe a file that survives a power cut (rule 1)
         files.install(tmp, entry.path, self._dir, durable=True)
         self._writes.ok()
         return self._committed(entry)
@@ -417,6 +418,7 @@ class PhraseCache:
                 os.write(fd, entry_header(rate, len(pcm)) + bytes(pcm))
             finally:
                 os.close(fd)
+            # not durable: bulk filling for benchmarks and tests, speed over crash safety
             files.install(tmp, self.entry_path(key), self._dir, durable=False)
             batch.append((key, HEADER_SIZE + len(pcm), rate, len(pcm) // 2, now, now))
 
