@@ -10,7 +10,6 @@ import json
 import logging
 import random
 import re
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 from . import __version__
 from .errors import SpeakerError
 from .config import EMOTIONS, SAMPLE_RATES
+from .sound import wav
 
 if TYPE_CHECKING:
     import requests
@@ -280,7 +280,7 @@ class _PcmFramer:
             self._head += data
             if len(self._head) < 4:
                 return b""
-            if bytes(self._head[:4]) != b"RIFF":
+            if not wav.is_riff(self._head):
                 data, self._head = bytes(self._head), None
             else:
                 payload = _strip_wav_header(bytes(self._head), self._rate)
@@ -300,21 +300,15 @@ class _PcmFramer:
 
 
 def _strip_wav_header(head: bytes, rate: int) -> Optional[bytes]:
-    """Return the samples after a WAV header, or None while the header is incomplete."""
-    pos = 12
-    while len(head) >= pos + 8:
-        cid, size = head[pos:pos + 4], struct.unpack("<I", head[pos + 4:pos + 8])[0]
-        if cid == b"fmt ":
-            if len(head) < pos + 8 + 16:
-                return None
-            fmt, channels, got_rate, _, _, bits = struct.unpack("<HHIIHH", head[pos + 8:pos + 24])
-            if (fmt, channels, got_rate, bits) != (1, 1, rate, 16):
-                raise CozeError(f"Coze sent WAV audio as {got_rate} Hz, {channels} channel(s), {bits} bit "
-                                f"instead of pcm s16 mono {rate} Hz")
-        elif cid == b"data":
-            return head[pos + 8:]
-        pos += 8 + size + (size & 1)
-    return None
+    """Return the samples after a WAV header, or None while the header is incomplete.
+
+    Raises as soon as the fmt chunk shows anything but pcm s16 mono at the asked rate.
+    """
+    fmt, offset = wav.find_data(head)
+    if fmt is not None and (fmt.format_tag, fmt.channels, fmt.rate, fmt.bits) != (1, 1, rate, 16):
+        raise CozeError(f"Coze sent WAV audio as {fmt.rate} Hz, {fmt.channels} channel(s), {fmt.bits} bit "
+                        f"instead of pcm s16 mono {rate} Hz")
+    return None if offset is None else head[offset:]
 
 
 class CozeClient:

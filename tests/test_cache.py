@@ -623,8 +623,8 @@ def test_locked_index_keeps_the_cache_working(tmp_path, caplog, monkeypatch):
         blocker.close()
 
     # Once the index is back, the uncounted entry is adopted and the counters are flushed.
-    monkeypatch.setattr(cache_module, "INDEX_RETRY_SECONDS", 0.0)
-    cache._index_retry_at = 0.0
+    monkeypatch.setattr(cache_module.index, "INDEX_RETRY_SECONDS", 0.0)
+    cache._index._retry_at = 0.0
     third = store(cache, key_for(3), pcm(30))
     st = cache.stats()
     assert (st.entries, st.bytes) == (3, first.size + second.size + third.size)

@@ -211,7 +211,7 @@ def cmd_clone(args: argparse.Namespace, load: Loader) -> int:
 def cmd_say(args: argparse.Namespace, load: Loader) -> int:
     from ..app.wiring import build_sound, build_voice, play_rate
     from ..cancel import CancelToken
-    from ..voice.request import write_wav
+    from ..sound.wav import write_wav
 
     config = load()
     text = sys.stdin.read() if args.text == "-" else args.text

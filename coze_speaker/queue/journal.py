@@ -11,12 +11,12 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
+from ..fsutil import atomic_write
 from .announcement import Announcement
 
 log = logging.getLogger(__name__)
@@ -42,22 +42,16 @@ class Journal:
             encoded = {ann.id: self._encoded.get(ann.id) or self._encode(ann) for ann in anns}
             self._encoded = encoded
             body = ("[" + ",".join(encoded[ann.id] for ann in anns) + "]").encode("utf-8")
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                with open(tmp, "wb") as fh:
-                    fh.write(body)
-                os.replace(tmp, self.path)
+                # not durable: rewritten per queue change; a process crash keeps the page cache
+                atomic_write(self.path, body, durable=False)
                 self._warned = False
             except OSError as exc:
                 if not self._warned:
                     self._warned = True
                     log.warning("cannot write the queue journal %s: %s (queued announcements will not "
                                 "survive a restart until it works again)", self.path, exc)
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass
 
     @staticmethod
     def _encode(ann: Announcement) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
+
+from ..fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +29,11 @@ class StateStore:
 
     def save(self, name: str, value: Any) -> bool:
         path = self.dir / f"{name}.json"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(value, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            # durable: saved rarely (a volume change) and expected to survive a power cut
+            atomic_write(path, json.dumps(value).encode("utf-8"), durable=True)
             return True
         except OSError as exc:
             log.warning("cannot save state to %s: %s", path, exc)
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
             return False

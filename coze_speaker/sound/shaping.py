@@ -7,16 +7,15 @@ lookup table applied with ``map``, which runs at C speed.
 from __future__ import annotations
 
 import math
-import sys
-import wave
 from array import array
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from ..errors import SpeakerError
-
-BIG_ENDIAN = sys.byteorder == "big"
+from .wav import WavError, read_wav_s16
+from .wav import s16_bytes as _pcm
+from .wav import s16_samples as _samples
 
 
 class ChimeError(SpeakerError, ValueError):
@@ -24,21 +23,6 @@ class ChimeError(SpeakerError, ValueError):
     field = "chime"
 
     """A chime that cannot be used: unknown name, outside the chimes folder, unreadable."""
-
-
-def _samples(pcm: bytes) -> array:
-    a = array("h")
-    a.frombytes(pcm)
-    if BIG_ENDIAN:
-        a.byteswap()
-    return a
-
-
-def _pcm(samples: array) -> bytes:
-    if BIG_ENDIAN:
-        samples = array("h", samples)
-        samples.byteswap()
-    return samples.tobytes()
 
 
 @lru_cache(maxsize=8)
@@ -118,26 +102,12 @@ def _load_wav_cached(path: str, mtime_ns: int, rate: int) -> bytes:
 def read_wav_as(path: str, rate: int) -> bytes:
     """A WAV file as s16 mono at rate (mixed down, linearly resampled): for short sounds."""
     try:
-        with wave.open(path, "rb") as wav:
-            channels, width, src_rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-            raw = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError, OSError) as exc:
-        raise ChimeError(f"cannot read {path}: {exc}") from None
-    samples = _to_s16(raw, width)
+        src_rate, channels, samples = read_wav_s16(path)
+    except WavError as exc:
+        raise ChimeError(str(exc)) from None
     if channels > 1:
         samples = array("h", (sum(samples[i:i + channels]) // channels for i in range(0, len(samples), channels)))
     return _pcm(resample(samples, src_rate, rate))
-
-
-def _to_s16(raw: bytes, width: int) -> array:
-    if width == 2:
-        return _samples(raw)
-    if width == 1:
-        return array("h", ((b - 128) << 8 for b in raw))
-    if width in (3, 4):
-        return array("h", (int.from_bytes(raw[i + width - 2:i + width], "little", signed=True)
-                           for i in range(0, len(raw) - width + 1, width)))
-    raise ChimeError(f"unsupported sample width {width}")
 
 
 def resample(samples: array, src_rate: int, dst_rate: int) -> array:

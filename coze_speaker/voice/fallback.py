@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import struct
 import subprocess
 from typing import Optional
 
-from ..sound.shaping import _pcm, _samples, resample
+from ..sound import wav
+from ..sound.shaping import resample
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +54,15 @@ class EspeakFallback:
         src_rate, pcm = parse_streamed_wav(proc.stdout)
         if not pcm:
             raise FallbackError(f"{self.binary} produced no audio")
-        return _pcm(resample(_samples(pcm), src_rate, rate))
+        return wav.s16_bytes(resample(wav.s16_samples(pcm), src_rate, rate))
 
 
 def parse_streamed_wav(data: bytes) -> "tuple[int, bytes]":
-    """Rate and samples of a s16 mono WAV written to a pipe (its size fields are bogus)."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise FallbackError("the offline voice did not produce a WAV stream")
-    pos, rate = 12, 22050
-    while pos + 8 <= len(data):
-        cid = data[pos:pos + 4]
-        size = struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"fmt ":
-            fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8:pos + 24])
-            if (fmt, channels, bits) != (1, 1, 16):
-                raise FallbackError(f"unexpected offline voice format: {channels} ch, {bits} bit")
-        elif cid == b"data":
-            body = data[pos + 8:]
-            return rate, body[:len(body) - len(body) % 2]
-        pos += 8 + size
-    raise FallbackError("the offline voice's WAV stream has no data")
+    """Rate and samples of espeak-ng's s16 mono WAV on a pipe; raises FallbackError."""
+    try:
+        return wav.parse_streamed_wav(data)
+    except wav.WavError as exc:
+        raise FallbackError(f"the offline voice's output is unusable ({exc})") from None
 
 
 def make_fallback(config: object) -> Optional[EspeakFallback]:

@@ -6,11 +6,8 @@ frames at the play rate, so callers never see the 1024-byte limit of the API.
 
 from __future__ import annotations
 
-import os
-import wave
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Optional
 
 from ..coze import CozeValidationError, SpeechParams
 from .textsplit import split_text
@@ -65,30 +62,6 @@ class SpeechRequest:
             raise CozeValidationError("text", f"is {size} UTF-8 bytes, the limit is {max_text_bytes} (limits.max_text_bytes)")
         params.validate()
         return cls(text.strip(), params, tuple(split_text(text)))
-
-
-def write_wav(path: Union[str, Path], chunks: Iterable[bytes], rate: int) -> int:
-    """Write PCM chunks as a standard WAV file (s16 mono), atomically; returns the frame count.
-
-    A failure midway leaves no file: the audio goes to a hidden temp file renamed at the end.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    frames = 0
-    try:
-        with open(tmp, "wb") as fh:
-            with wave.open(fh, "wb") as wav:
-                wav.setnchannels(1)
-                wav.setsampwidth(2)
-                wav.setframerate(rate)
-                for chunk in chunks:
-                    wav.writeframesraw(chunk)
-                    frames += len(chunk) // 2
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return frames
 
 
 class RequestBuilder:
