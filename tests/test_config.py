@@ -420,6 +420,14 @@ def test_device_id_default_from_hostname(monkeypatch):
     assert load_config(env={}).mqtt.device_id == "kitchen-pi"
 
 
+def test_device_id_default_is_the_same_everywhere(monkeypatch, tmp_path):
+    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "Kitchen.Pi")
+    write(tmp_path, "mqtt:\n  host: broker\n")
+    assert cfg.MqttConfig().device_id == "kitchen-pi"
+    assert cfg.default_config(env={}).mqtt.device_id == "kitchen-pi"
+    assert load_config("config.yaml", env={}).mqtt.device_id == "kitchen-pi"
+
+
 def test_explicit_device_id_must_be_valid(tmp_path):
     errs = errors_of("mqtt:\n  device_id: Kitchen Pi\n", tmp_path)
     assert errs == ["config.yaml:2: mqtt.device_id: 'Kitchen Pi' must match ^[a-z0-9_-]+$ (try 'kitchen-pi')"]

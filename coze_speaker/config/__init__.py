@@ -23,7 +23,7 @@ import os
 import re
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
@@ -148,7 +148,7 @@ class MqttConfig:
     protocol: int = 5
     keepalive: int = 30
     base_topic: str = "coze-speaker"
-    device_id: str = "speaker"
+    device_id: str = field(default_factory=lambda: _default_device_id())
     groups: Tuple[str, ...] = ()
     qos: int = 1
 
