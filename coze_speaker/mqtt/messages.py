@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Optional
 
-FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "interrupted"})
+from ..vocabulary import FINAL_EVENTS
 
 
 def _json(data: dict) -> bytes:

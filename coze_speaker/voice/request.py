@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..coze import CozeValidationError, SpeechParams
+from ..vocabulary import DEFAULT_PLAY_RATE
 from .textsplit import split_text
-
-DEFAULT_PLAY_RATE = 48000
 
 
 @dataclass(frozen=True)
