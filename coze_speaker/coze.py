@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import SpeakerError
-from .config import EMOTIONS, SAMPLE_RATES
 from .sound import wav
+from .vocabulary import EMOTION_SCALE, EMOTIONS, LOUDNESS, MAX_INPUT_BYTES, SAMPLE_RATES, SPEED, Range
 
 if TYPE_CHECKING:
     import requests
@@ -34,7 +34,6 @@ def _requests():
 
     return requests
 
-MAX_INPUT_BYTES = 1024
 MAX_CLONE_BYTES = 10 * 1024 * 1024
 MAX_VOICE_NAME_BYTES = 128
 RESPONSE_FORMATS = ("wav", "pcm", "ogg_opus", "mp3")
@@ -119,14 +118,14 @@ class SpeechParams:
             raise CozeValidationError("response_format", f"{self.response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}")
         if _not_int(self.sample_rate) or self.sample_rate not in SAMPLE_RATES:
             raise CozeValidationError("sample_rate", f"{self.sample_rate!r} is not one of {', '.join(map(str, SAMPLE_RATES))}")
-        _check_range("speed", self.speed, 0.2, 3.0)
+        _check_range("speed", self.speed, SPEED)
         if self.emotion is not None and self.emotion not in EMOTIONS:
             raise CozeValidationError("emotion", f"{self.emotion!r} is not one of {', '.join(EMOTIONS)}")
         if self.emotion_scale is not None:
-            _check_range("emotion_scale", self.emotion_scale, 1.0, 5.0)
+            _check_range("emotion_scale", self.emotion_scale, EMOTION_SCALE)
         if _not_int(self.loudness_rate):
             raise CozeValidationError("loudness_rate", f"expected an integer, got {self.loudness_rate!r}")
-        _check_range("loudness_rate", self.loudness_rate, -50, 100)
+        _check_range("loudness_rate", self.loudness_rate, LOUDNESS)
         if self.context_texts is not None:
             _check_str("context_texts", self.context_texts)
 
@@ -152,7 +151,7 @@ class SpeechParams:
 
 
 def validate_input(text: Any) -> None:
-    """Raise CozeValidationError unless text is a non-empty string of at most 1024 UTF-8 bytes."""
+    """Raise CozeValidationError unless text is a non-empty string of at most MAX_INPUT_BYTES UTF-8 bytes."""
     if not isinstance(text, str):
         raise CozeValidationError("input", f"expected text, got {type(text).__name__}")
     if not text.strip():
@@ -166,11 +165,11 @@ def _not_int(value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, int)
 
 
-def _check_range(field: str, value: Any, low: float, high: float) -> None:
+def _check_range(field: str, value: Any, allowed: Range) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise CozeValidationError(field, f"expected a number, got {value!r}")
-    if not low <= value <= high:
-        raise CozeValidationError(field, f"{value!r} is outside {low:g}..{high:g}")
+    if value not in allowed:
+        raise CozeValidationError(field, f"{value!r} is outside {allowed.low:g}..{allowed.high:g}")
 
 
 def _check_str(field: str, value: Any) -> None:

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import pickle
+import re
+import socket
 from datetime import time
 from pathlib import Path
 
@@ -56,7 +59,7 @@ def errors_of(text: str, tmp_path: Path, env=None) -> list:
 
 
 def test_defaults_without_any_file(monkeypatch):
-    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "pi")
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi")
     c = load_config(env={})
     assert c.source is None and c.warnings == ()
     assert c.coze.base_url == "https://api.coze.cn"
@@ -94,13 +97,67 @@ def test_example_file_loads():
     assert c2.coze.token == Secret("t") and c2.warnings == ()
 
 
+_KEY_LINE = re.compile(r"^(\s*)([a-z_]+):(\s|$)")
+
+
+def example_keys(text: str) -> set:
+    """Dotted keys of config.example.yaml, set or shown in comments.
+
+    A commented example block (``#   tls:`` / ``#     ca_certs: ...``) nests like YAML
+    below the comment's own column: its least indented key is a sibling of the keys at
+    that column. Prose must not start with ``name:`` (a lowercase word and a colon).
+    """
+    keys, stack = set(), []  # stack of (column, dotted key)
+    block_base = None  # (comment column, least key indent in the block)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        comment = re.match(r"^(\s*)# ?(.*)$", line)
+        if comment:
+            if block_base is None:  # first line of a comment block
+                block = [re.match(r"^\s*# ?(.*)$", x) for x in lines[i:]]
+                block = [m.group(1) for m in itertools.takewhile(bool, block)]
+                indents = [len(m.group(1)) for m in map(_KEY_LINE.match, block) if m]
+                block_base = (len(comment.group(1)), min(indents, default=0))
+            found = _KEY_LINE.match(comment.group(2))
+            if not found:
+                continue
+            column = block_base[0] + len(found.group(1)) - block_base[1]
+        else:
+            block_base = None
+            found = _KEY_LINE.match(line)
+            if not found:
+                continue
+            column = len(found.group(1))
+        while stack and stack[-1][0] >= column:
+            stack.pop()
+        name = ".".join([k for _, k in stack[-1:]] + [found.group(2)])
+        stack.append((column, name))
+        keys.add(name)
+    return keys
+
+
 def test_example_file_documents_every_key():
-    text = (REPO / "config.example.yaml").read_text()
-    for section in cfg._SECTIONS:
-        assert f"\n{section.name}:" in text
-    for cls in (cfg.CozeConfig, cfg.MqttConfig, cfg.AudioConfig, cfg.QuietHours, TlsConfig):
-        for f in dataclasses.fields(cls):
-            assert f"{f.name}:" in text, (cls.__name__, f.name)
+    documented = example_keys((REPO / "config.example.yaml").read_text())
+    model = {name for name, _ in cfg.config_keys()}
+    assert model - documented == set(), "keys missing from config.example.yaml"
+    assert documented - model == set(), "config.example.yaml shows keys the model does not have"
+
+
+def test_example_keys_reads_commented_blocks():
+    text = "a:\n  # x, or:\n  #   b:\n  #     c: 1   # why\n  # d: 2\n  e: 3\n# f:\n#   g: 1\nh: 1\n"
+    assert example_keys(text) == {"a", "a.b", "a.b.c", "a.d", "a.e", "f", "f.g", "h"}
+
+
+def test_every_key_has_a_one_line_doc():
+    keys = cfg.config_keys()
+    assert len(keys) == len({name for name, _ in keys}) > 60
+    for name, doc in keys:
+        assert doc.strip() and "\n" not in doc and len(doc) <= 100, name
+    sections = [getattr(cfg, n) for n in cfg.__all__ if n.endswith("Config") or n == "QuietHours"]
+    assert len(sections) == 14
+    for section in sections:  # a field declared without key() would silently not be a key
+        for f in dataclasses.fields(section):
+            assert f.name in ("source", "warnings") or f.metadata.get("doc"), (section.__name__, f.name)
 
 
 def test_constants():
@@ -416,8 +473,16 @@ def test_reduce_device_id(host, expected):
 
 
 def test_device_id_default_from_hostname(monkeypatch):
-    monkeypatch.setattr(cfg.socket, "gethostname", lambda: "Kitchen.Pi")
+    monkeypatch.setattr(socket, "gethostname", lambda: "Kitchen.Pi")
     assert load_config(env={}).mqtt.device_id == "kitchen-pi"
+
+
+def test_device_id_default_is_the_same_everywhere(monkeypatch, tmp_path):
+    monkeypatch.setattr(socket, "gethostname", lambda: "Kitchen.Pi")
+    write(tmp_path, "mqtt:\n  host: broker\n")
+    assert cfg.MqttConfig().device_id == "kitchen-pi"
+    assert cfg.default_config(env={}).mqtt.device_id == "kitchen-pi"
+    assert load_config("config.yaml", env={}).mqtt.device_id == "kitchen-pi"
 
 
 def test_explicit_device_id_must_be_valid(tmp_path):

@@ -13,11 +13,12 @@ import sys
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .. import __version__
-from ..config import EMOTIONS, Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 from ..cache import CacheError
 from ..coze import CozeClient, CozeError
 from ..sound.players import PlayerError
 from ..sound.shaping import ChimeError
+from ..vocabulary import EMOTIONS, SPEED
 
 if TYPE_CHECKING:
     from ..cache import PhraseCache
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="TEXT", help="what to say; '-' reads standard input")
     p.add_argument("--voice", help="voice_id (default: coze.voice_id)")
     p.add_argument("--emotion", choices=EMOTIONS, help="emotion, for multi-emotion voices")
-    p.add_argument("--speed", type=float, help="speaking rate, 0.2 to 3 (default: coze.speed)")
+    p.add_argument("--speed", type=float, help=f"speaking rate, {SPEED.shown()} (default: coze.speed)")
     p.add_argument("--output", "-o", metavar="FILE.wav", help="write a WAV file instead of playing")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the phrase cache")
     p.set_defaults(func=cmd_say)

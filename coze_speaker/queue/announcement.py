@@ -13,11 +13,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
-from ..config import EMOTIONS, PRIORITIES
 from ..errors import SpeakerError
+from ..vocabulary import (EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, PRIORITY_RANK, REPEAT, SPEED, VOLUME,
+                          Range)
 
-#: Priority rank: higher plays first.
-PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
 MAX_ID_LENGTH = 128
 MAX_TTL = 7 * 24 * 3600
 MAX_JSON_DEPTH = 4
@@ -99,14 +98,14 @@ def _kind(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _number(name: str, low: float, high: float, integer: bool = False) -> Callable[[Any], Any]:
+def _number(name: str, allowed: Range, integer: bool = False) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise PayloadError(name, f"expected a number, got {_kind(value)}")
         if integer and value != int(value):
             raise PayloadError(name, f"expected a whole number, got {value!r}")
-        if not low <= value <= high:
-            raise PayloadError(name, f"{value!r} is outside {low:g}..{high:g}")
+        if value not in allowed:
+            raise PayloadError(name, f"{value!r} is outside {allowed.low:g}..{allowed.high:g}")
         return int(value) if integer else float(value)
     return check
 
@@ -159,17 +158,17 @@ FIELDS: dict = {
     "id": ("id", _id),
     "voice": ("voice", _short_str("voice", 128)),
     "emotion": ("emotion", _choice("emotion", EMOTIONS)),
-    "emotion_scale": ("emotion_scale", _number("emotion_scale", 1, 5)),
-    "speed": ("speed", _number("speed", 0.2, 3)),
-    "loudness": ("loudness", _number("loudness", -50, 100, integer=True)),
+    "emotion_scale": ("emotion_scale", _number("emotion_scale", EMOTION_SCALE)),
+    "speed": ("speed", _number("speed", SPEED)),
+    "loudness": ("loudness", _number("loudness", LOUDNESS, integer=True)),
     "context": ("context", _short_str("context", 1024)),
-    "volume": ("volume", _number("volume", 0, 100, integer=True)),
+    "volume": ("volume", _number("volume", VOLUME, integer=True)),
     "priority": ("priority", _choice("priority", PRIORITIES)),
     "interrupt": ("interrupt", _bool("interrupt")),
     "chime": ("chime", _chime),
-    "ttl": ("ttl", _number("ttl", 0.001, MAX_TTL)),
+    "ttl": ("ttl", _number("ttl", Range(0.001, MAX_TTL))),
     "cache": ("cache", _bool("cache")),
-    "repeat": ("repeat", _number("repeat", 1, 5, integer=True)),
+    "repeat": ("repeat", _number("repeat", REPEAT, integer=True)),
 }
 
 

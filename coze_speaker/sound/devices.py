@@ -14,10 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..vocabulary import DEFAULT_PLAY_RATE, SAMPLE_RATES
+
 log = logging.getLogger(__name__)
 
-COZE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
-FALLBACK_RATE = 48000  # HDMI, USB (dmix) and PipeWire all run at 48 kHz
+COZE_RATES = SAMPLE_RATES  # the old name, still imported by tests
 DEFAULT_DEVICE = "default"
 
 RateRange = Optional[Tuple[int, int]]
@@ -50,7 +51,7 @@ def parse_hw_params(text: str) -> Tuple[Tuple[int, ...], RateRange]:
         return (), None
     value = match.group(1)
     if value.upper() == "ALL":
-        return COZE_RATES, (1, _MAX_RATE)
+        return SAMPLE_RATES, (1, _MAX_RATE)
     interval = _INTERVAL.match(value)
     if interval:
         lo, hi = int(interval.group(2)), int(interval.group(3))
@@ -60,18 +61,18 @@ def parse_hw_params(text: str) -> Tuple[Tuple[int, ...], RateRange]:
             hi -= 1
         if lo > hi:
             return (), None
-        return tuple(r for r in COZE_RATES if lo <= r <= hi), (lo, hi)
+        return tuple(r for r in SAMPLE_RATES if lo <= r <= hi), (lo, hi)
     numbers = [int(n) for n in re.findall(r"\d+", value)]
     if not numbers:  # NONE or garbage
         return (), None
     allowed = set(numbers)
-    return tuple(r for r in COZE_RATES if r in allowed), (min(numbers), max(numbers))
+    return tuple(r for r in SAMPLE_RATES if r in allowed), (min(numbers), max(numbers))
 
 
 def choose_rate(rates: Sequence[int]) -> int:
     """The highest Coze rate among ``rates``, else 48000."""
-    usable = [r for r in rates if r in COZE_RATES]
-    return max(usable) if usable else FALLBACK_RATE
+    usable = [r for r in rates if r in SAMPLE_RATES]
+    return max(usable) if usable else DEFAULT_PLAY_RATE
 
 
 # ----------------------------------------------------------------------------- probing
@@ -180,7 +181,7 @@ def list_devices(aplay: str = "aplay", timeout: float = 3.0) -> List[Device]:
 
 
 def _format_rates(device: Device) -> str:
-    if device.rates == COZE_RATES and device.rate_range:
+    if device.rates == SAMPLE_RATES and device.rate_range:
         lo, hi = device.rate_range
         return f"all ({lo}-{hi} Hz)" if hi < _MAX_RATE else "all"
     if device.rates:
@@ -257,6 +258,6 @@ def resolve_sample_rate(setting: Union[int, str], device: str, aplay: str = "apl
         raise ValueError(f"invalid sample rate {setting!r}: use a number of Hz or 'auto'")
     hw = _hw_for(device)
     if hw is None:
-        return FALLBACK_RATE
+        return DEFAULT_PLAY_RATE
     rates, _ = probe_rates(hw, aplay=aplay)
     return choose_rate(rates)

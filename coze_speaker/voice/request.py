@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..coze import CozeValidationError, SpeechParams
+from ..vocabulary import DEFAULT_PLAY_RATE
 from .textsplit import split_text
-
-DEFAULT_PLAY_RATE = 48000
 
 
 @dataclass(frozen=True)

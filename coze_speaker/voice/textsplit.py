@@ -14,10 +14,9 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Optional, Sequence
 
-__all__ = ["MAX_INPUT_BYTES", "split_text"]
+from ..vocabulary import MAX_INPUT_BYTES
 
-MAX_INPUT_BYTES = 1024
-"""Largest ``input`` (in UTF-8 bytes) the Coze TTS API accepts per request."""
+__all__ = ["MAX_INPUT_BYTES", "split_text"]
 
 # Break classes, worst to best.  A cut position q lies between text[q-1] and text[q].
 _UNSAFE = 0  # would split a grapheme (base + combining mark, ZWJ sequence, flag)
