@@ -57,7 +57,7 @@ def check_token(config: Config) -> Check:
             next(iter(client.list_voices(page_size=1)), None)
         except CozeError as exc:
             fix = {4100: f"the token is invalid or expired, or belongs to the other region than {config.coze.base_url}",
-                   4101: "give the token the listVoice and createSpeech permissions"}.get(exc.code, "see the message")
+                   4101: "give the token the listVoice and createSpeech permissions"}.get(exc.code if isinstance(exc.code, int) else 0, "see the message")
             return (False, f"Coze token: {exc}", fix)
     return (True, f"Coze token works against {config.coze.base_url}", "")
 

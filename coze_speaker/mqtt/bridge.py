@@ -57,7 +57,7 @@ def _no_delay(client: mqtt.Client) -> None:
     sock = client.socket()
     try:
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            getattr(sock, "setsockopt")(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a real socket, or AttributeError
     except (OSError, AttributeError):
         pass
 

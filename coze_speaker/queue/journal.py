@@ -73,7 +73,8 @@ class Journal:
             return [], []
         fields = {f.name for f in _FIELDS}
         now_wall, now_mono = time.time(), time.monotonic()
-        valid, expired = [], []
+        valid: List[Announcement] = []
+        expired: List[Announcement] = []
         for data in entries if isinstance(entries, list) else []:
             try:
                 wall = data.pop("deadline_wall", None)

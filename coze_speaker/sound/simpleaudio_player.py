@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Type
 
 from .player import (_END, _POLL, MISSING, Player, PlayerError, _check_rate, _Source, _Stopped, classify_error,
                      device_error_message)
@@ -22,7 +22,7 @@ def _import_simpleaudio():
     return simpleaudio
 
 
-def _simpleaudio_error_class(module) -> type:
+def _simpleaudio_error_class(module: object) -> Type[BaseException]:
     try:
         from simpleaudio import _simpleaudio  # type: ignore
 

@@ -126,7 +126,7 @@ def check_s16_mono_header(head: bytes, file_size: int, *, min_rate: int,
 # -- WAV that arrives as a stream ---------------------------------------------------------
 
 
-def is_riff(head: bytes) -> bool:
+def is_riff(head: Union[bytes, bytearray]) -> bool:
     """Whether bytes start like a WAV file (4 bytes are enough to decide)."""
     return bytes(head[:4]) == b"RIFF"
 
