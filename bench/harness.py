@@ -6,6 +6,8 @@ is a test fixture: bench/run.py builds these objects, measures, and tears them d
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import shlex
@@ -38,6 +40,43 @@ TOKEN = "pat_bench_token"
 VOICE = "voice_0000"
 BASE = "coze-speaker"
 RATE = 48000  # the daemon's default play rate
+
+
+# --------------------------------------------------------------------------- the package's layout
+
+# coze_speaker is being reorganised into subpackages. The bench imports internals by the new
+# path first and falls back to the old one, so it runs on the code before and after the move.
+DAEMON_MODULES = ("coze_speaker.app.daemon", "coze_speaker.daemon")
+PLAYERS_MODULES = ("coze_speaker.sound.players", "coze_speaker.players")
+
+
+def import_first(*names: str):
+    """The first of these modules that imports (list the new layout's path first).
+
+    Only "this module does not exist" moves on to the next name: a module that exists but
+    fails to import (a missing dependency, a syntax error) raises, rather than quietly
+    measuring the other layout.
+    """
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise
+    raise ModuleNotFoundError(f"none of these modules exists: {', '.join(names)}", name=names[-1])
+
+
+def module_exists(name: str) -> bool:
+    """importlib.util.find_spec, False (not an error) when a parent package is missing."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def daemon_module() -> str:
+    """The module that defines Daemon: coze_speaker.app.daemon when it exists, else coze_speaker.daemon."""
+    return next((name for name in DAEMON_MODULES if module_exists(name)), DAEMON_MODULES[-1])
 
 
 def which(name: str) -> Optional[str]:
@@ -355,3 +394,14 @@ def cpu_seconds(pid: int) -> float:
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's VmHWM to its current VmRSS (``echo 5 > /proc/PID/clear_refs``, Linux
+    4.0+), so a later VmHWM is the peak since now; False if the kernel refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

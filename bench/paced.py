@@ -1,10 +1,11 @@
 """A player paced like a real device that records when each chunk arrived, to find gaps.
 
-It behaves like ``NullPlayer(realtime=True, buffer=B)`` (coze_speaker/players.py): a chunk is
-taken once the audio accepted so far is within B seconds of its end, and play() returns
-when the audio would have finished. On top, every chunk's arrival is compared with the
-device clock: if a chunk arrives after the audio before it has run out, the device
-starved, and the difference is a *gap* (an audible dropout on real hardware).
+It behaves like ``NullPlayer(realtime=True, buffer=B)`` (coze_speaker/sound/players.py, or
+coze_speaker/players.py before the subpackages): a chunk is taken once the audio accepted so
+far is within B seconds of its end, and play() returns when the audio would have finished.
+On top, every chunk's arrival is compared with the device clock: if a chunk arrives after the
+audio before it has run out, the device starved, and the difference is a *gap* (an audible
+dropout on real hardware).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
-from coze_speaker.sound.players import _END, NullPlayer, _check_rate, _Source, _Stopped
+from harness import PLAYERS_MODULES, import_first
+
+_players = import_first(*PLAYERS_MODULES)
+_END, NullPlayer, _check_rate = _players._END, _players.NullPlayer, _players._check_rate
+_Source, _Stopped = _players._Source, _players._Stopped
 
 
 @dataclass

@@ -33,9 +33,9 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (BASE, RATE, ROOT, TOKEN, VOICE, BenchFake, Client, DaemonProcess,  # noqa: E402
-                     StampSink, cpu_seconds, daemon_config, pcm_for, rss_kib, thread_count, wait_until,
-                     start_broker, which)
+from harness import (BASE, DAEMON_MODULES, RATE, ROOT, TOKEN, VOICE, BenchFake, Client,  # noqa: E402
+                     DaemonProcess, StampSink, cpu_seconds, daemon_config, daemon_module, import_first, pcm_for,
+                     reset_peak_rss, rss_kib, thread_count, wait_until, start_broker, which)
 import household  # noqa: E402
 
 # Short phrases that are pre-warmed into the cache and replayed for the hit figures.
@@ -382,7 +382,7 @@ class Bench:
         rep.row(s, f"start → `online` (worst of {starts})", f"{max(online) * 1000:.0f} ms", "≤ 1000 ms",
                 max(online) <= 1.0)
         imp = import_time(5 if not self.quick else 2)
-        rep.row(s, "import time of coze_speaker.app.daemon (-X importtime, median)", f"{imp['total'] / 1000:.1f} ms")
+        rep.row(s, f"import time of {imp['module']} (-X importtime, median)", f"{imp['total'] / 1000:.1f} ms")
         rep.note(s, f"The daemon is a real child process `python -m coze_speaker -c CFG run`; RSS from "
                     f"/proc/PID/status, CPU from /proc/PID/stat. Idle: {idle_threads} threads. RSS before the burst "
                     f"(after the latency runs) {busy_rss / 1024:.1f} MB. The burst of {n} cached announcements "
@@ -396,6 +396,84 @@ class Bench:
                 (f"{name} {kb / 1024:.1f} MB" if name == "python" else f"+{name} {kb / 1024:.1f} MB")
                 for name, kb in rss_parts) + " (each line adds what the previous ones did not load).")
         self.report.samples["import"] = imp
+
+    # -- 4. footprint: one very long announcement ------------------------------------------------
+
+    BIG_CHARS = 8000
+    BIG_AUDIO_BYTES = 31_000_000  # ~5.4 min at 48 kHz s16 mono: 8 000 characters at ~25 per second
+
+    def big_announcement(self) -> None:
+        """RSS of a daemon like the main one (48 kHz, aplay, limits.max_text_bytes 65536) before and
+        after one 8 000-character announcement on a cache miss, and its peak (VmHWM) during it."""
+        rep = self.report
+        s = "4. Footprint"
+        t_start = time.monotonic()
+        chars = 1500 if self.quick else self.BIG_CHARS
+        text = long_text(1, chars, parts=True)  # ASCII: characters = bytes
+        # The fake voices 0.06 s per character: 8 000 characters would be 46 MB of audio at 48 kHz.
+        # Cut it to a realistic speaking rate (BIG_AUDIO_BYTES for BIG_CHARS) and stream it as fast
+        # as the daemon takes it, so the figure takes seconds, not the 5 minutes of its audio.
+        natural = 0.06 * self.BIG_CHARS * 2 * RATE
+        scale = min(1.0, self.BIG_AUDIO_BYTES / natural)
+        device = "benchbig"
+        client = self.client(device)
+        cfg = self.config("big", device, limits={"max_text_bytes": 65536})
+        daemon = self.start_daemon(cfg, client)
+        try:
+            time.sleep(1.0 if self.quick else 3.0)
+            idle_rss = rss_kib(daemon.pid)
+            reset = reset_peak_rss(daemon.pid)
+            self.fake.audio_scale = scale
+            self.fake.stream()
+            pieces_before = len(self.fake.speech_log)
+            calls_before = self.fake.speech_calls()
+            before_rss = rss_kib(daemon.pid)
+            time.sleep(GAP)
+            off = self.sink.offset()
+            ann = self.uid("big")
+            t0 = client.say(text, ann)
+            kind, t_final, data = client.wait_final(ann, timeout=120)
+            after_rss = rss_kib(daemon.pid)
+            peak = rss_kib(daemon.pid, "VmHWM")
+            if kind != "finished" or data.get("cached"):
+                raise SystemExit(f"bench: the {chars}-character announcement ended {kind} "
+                                 f"(cached={data.get('cached')}): {data}")
+            self.sink.wait_plays(off, 1, timeout=30)
+            plays = [p for p in self.sink.plays(off) if p.end is not None]
+            pieces = self.fake.speech_log[pieces_before:]
+            calls = self.fake.speech_calls() - calls_before
+            audio = sum(t.total_bytes for t in pieces)
+        finally:
+            self.fake.audio_scale = 1.0
+            self.fake.stream()
+            code = daemon.stop()
+            self.daemons.remove(daemon)
+        limit = idle_rss + 20 * 1024
+        target = "bounded (≤ idle + 20 MB)"
+        an = "an" if str(chars).startswith("8") else "a"
+        rep.row(s, f"RSS after {an} {chars}-character announcement (VmRSS)",
+                f"{after_rss / 1024:.1f} MB (before {before_rss / 1024:.1f} MB, {(after_rss - before_rss) / 1024:+.1f})",
+                target, after_rss <= limit)
+        rep.row(s, f"peak RSS during the {chars}-character announcement (VmHWM)",
+                f"{peak / 1024:.1f} MB ({(peak - before_rss) / 1024:+.1f} over before)"
+                + ("" if reset else ", since start"), target, peak <= limit)
+        played = sum(p.bytes for p in plays)
+        rep.note(s, f"Long announcement: a fresh daemon with the main daemon's settings (48 kHz, aplay into the "
+                    f"sink, chime none) and limits.max_text_bytes 65536, idle {idle_rss / 1024:.1f} MB after "
+                    f"{'1' if self.quick else '3'} s, gets one {chars}-character text of sentences (new text, a "
+                    f"cache miss; {len(pieces)} pieces, {calls} Coze calls). The fake's audio is cut to {scale:.2f}× "
+                    f"its 0.06 s per character ({audio / 1e6:.1f} MB, {audio / (2.0 * RATE):.0f} s of audio; "
+                    f"{self.BIG_AUDIO_BYTES / 1e6:.0f} MB for {self.BIG_CHARS} characters) and streamed as fast as "
+                    f"the daemon takes it: publish → `finished` in {t_final - t0:.1f} s, {played / 1e6:.1f} MB "
+                    "reached the sink. VmRSS is read at the `finished` event; "
+                    + ("VmHWM was reset just before the publish (`5` into /proc/PID/clear_refs), so it is the peak "
+                       "during the announcement." if reset else
+                       "the kernel refused to reset VmHWM, so it is the peak since the daemon started."))
+        if played < audio:
+            rep.note(s, f"WARNING: the sink got {played} bytes of the {audio} the fake sent for the long announcement.")
+        if code != 0:
+            rep.note(s, f"WARNING: the long-announcement daemon exited with {code} on SIGTERM.")
+        self.report.timings[f"4 {chars}-character announcement"] = time.monotonic() - t_start
 
     # -- 5. scaling and throughput -------------------------------------------------------------
 
@@ -484,8 +562,8 @@ class Bench:
 
     def long_text(self) -> None:
         from coze_speaker.config import load_config
-        from coze_speaker.app.daemon import Daemon
         from paced import PacedRecorder
+        Daemon = import_first(*DAEMON_MODULES).Daemon
 
         rep = self.report
         s = "3. Long text"
@@ -648,11 +726,18 @@ _SENTENCES = [
 ]
 
 
-def long_text(k: int, size: int = 5000) -> str:
-    """A deterministic text of exactly ``size`` UTF-8 bytes, made of sentences."""
+def long_text(k: int, size: int = 5000, parts: bool = False) -> str:
+    """A deterministic text of exactly ``size`` UTF-8 bytes, made of sentences.
+
+    The sentences repeat every len(_SENTENCES), so two ~1 KB pieces of a long text can be the
+    same (the second one then a cache hit). ``parts`` starts every round of the sentences with
+    "Part N." so that no piece repeats and every piece is a miss.
+    """
     out = f"Briefing {k}. "
     i = k
     while len(out.encode()) < size:
+        if parts and (i - k) % len(_SENTENCES) == 0:
+            out += f"Part {(i - k) // len(_SENTENCES) + 1}. "
         out += _SENTENCES[i % len(_SENTENCES)] + " "
         i += 1
     out = out.encode()[:size].decode(errors="ignore").rstrip()
@@ -665,14 +750,16 @@ def long_text(k: int, size: int = 5000) -> str:
 
 
 def import_time(runs: int) -> Dict[str, Any]:
-    """`python -X importtime -c "import coze_speaker.app.daemon"`: the package's cumulative µs (median of runs),
-    and which third-party/stdlib packages that coze_speaker imports directly cost the most."""
+    """`python -X importtime -c "import coze_speaker.daemon"` (coze_speaker.app.daemon when the package
+    has its subpackages): the package's cumulative µs (median of runs), and which third-party/stdlib
+    packages that coze_speaker imports directly cost the most."""
     totals: List[int] = []
     groups: Dict[str, int] = {}
+    module = daemon_module()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, "-c", "import coze_speaker.app.daemon"], cwd=str(ROOT), env=env, check=True)
+    subprocess.run([sys.executable, "-c", f"import {module}"], cwd=str(ROOT), env=env, check=True)
     for _ in range(runs):
-        r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import coze_speaker.app.daemon"],
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
                            cwd=str(ROOT), env=env, capture_output=True, text=True, check=True)
         entries = []  # (depth, name, cumulative µs) in the order printed (children before parents)
         for line in r.stderr.splitlines():
@@ -695,7 +782,7 @@ def import_time(runs: int) -> Dict[str, Any]:
             if parent.split(".")[0] == "coze_speaker" and top != "coze_speaker":
                 groups[top] = groups.get(top, 0) + cumulative
     top = sorted(groups.items(), key=lambda kv: -kv[1])[:6]
-    return {"total": statistics.median(totals), "runs": totals, "top": top}
+    return {"total": statistics.median(totals), "runs": totals, "top": top, "module": module}
 
 
 def import_rss() -> List[tuple]:
@@ -705,7 +792,7 @@ def import_rss() -> List[tuple]:
             "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
             "prev = rss(); print('python', prev)\n"
             "for m in ['sqlite3', 'ssl', 'urllib3', 'charset_normalizer', 'requests', 'yaml', 'paho.mqtt.client',\n"
-            "          'coze_speaker.app.daemon']:\n"
+            f"          {daemon_module()!r}]:\n"
             "    __import__(m); now = rss(); print(m, now - prev); prev = now\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -720,12 +807,14 @@ def import_rss() -> List[tuple]:
 
 
 def code_version() -> Dict[str, str]:
-    """The daemon's code under test: git HEAD, and a hash of coze_speaker/*.py as they are on disk
-    (others may be editing the daemon while the benchmark runs)."""
+    """The daemon's code under test: git HEAD, and a hash of coze_speaker/**/*.py as they are on disk
+    (others may be editing the daemon while the benchmark runs). Subpackages count; with none
+    (the flat layout) the hash is the one of coze_speaker/*.py."""
     import hashlib
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "coze_speaker").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    package = ROOT / "coze_speaker"
+    for path in sorted(package.rglob("*.py"), key=lambda p: p.relative_to(package).as_posix()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     head, dirty = "?", False
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(ROOT), capture_output=True,
@@ -789,7 +878,7 @@ def write_markdown(path: Path, report: Report, info: Dict[str, str], png: Option
         c = report.code
         lines += [f"Daemon code under test: commit {c['head']}"
                   + (" with uncommitted changes in coze_speaker/" if c["dirty"] == "yes" else "")
-                  + f" (coze_speaker/*.py sha256 {c['hash']}).", ""]
+                  + f" (coze_speaker/**/*.py sha256 {c['hash']}).", ""]
     if report.code_changed:
         lines += ["**WARNING: coze_speaker/ changed while this run was going, so its figures mix two versions "
                   "of the daemon. Run it again.**", ""]
@@ -915,7 +1004,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.monotonic()
     bench = Bench(args)
     print(f"bench: work directory {bench.work}; {'quick' if args.quick else 'full'} run", flush=True)
-    stages = [("main", bench.main_daemon), ("scaling", bench.scaling), ("long", bench.long_text),
+    stages = [("main", bench.main_daemon), ("big", bench.big_announcement), ("scaling", bench.scaling),
+              ("long", bench.long_text),
               ("cost", bench.cost)]
     only = set(args.only.split(",")) if args.only else None
     try:

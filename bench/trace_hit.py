@@ -7,6 +7,10 @@ An investigation tool, not part of bench/run.py. It runs the same setup as figur
 aplay) but the child wraps a few daemon methods (by monkeypatching, nothing in coze_speaker/
 changes) to log CLOCK_MONOTONIC stamps, then prints the median time from the publish to
 each step. Run it before and after a change to the daemon's hot path.
+
+The wrapped classes are looked up in the package's subpackage layout first, then in the flat
+one (CLASSES below). If a class or method it wraps is not there under that name, the tool
+says so and exits without running (status 0): update CLASSES / PATCH_NEEDS to the new code.
 """
 
 from __future__ import annotations
@@ -23,14 +27,105 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import DAEMON_MODULES, PLAYERS_MODULES, module_exists  # noqa: E402
+
+# --------------------------------------------------------------------------- what is wrapped, where
+
+#: class -> the modules that may define it: the subpackage layout first, then the flat one
+CLASSES = {
+    "Daemon": DAEMON_MODULES,
+    "Announcer": ("coze_speaker.queue.worker", "coze_speaker.announcer"),
+    "Speaker": ("coze_speaker.voice.source", "coze_speaker.sound.speaker", "coze_speaker.speaker"),
+    "AudioSource": ("coze_speaker.voice.source", "coze_speaker.sound.speaker", "coze_speaker.speaker"),
+    "AplayPlayer": PLAYERS_MODULES,
+    "MqttBridge": ("coze_speaker.mqtt.bridge", "coze_speaker.mqtt_bridge"),
+    "Journal": ("coze_speaker.queue.journal", "coze_speaker.journal"),
+    "PhraseCache": ("coze_speaker.cache",),
+}
+
+#: class -> the attributes the timeline wraps
+TRACED = {
+    "MqttBridge": {"_handle_message"},
+    "Announcer": {"submit", "_play"},
+    "AudioSource": {"open"},
+    "PhraseCache": {"lookup", "stats", "read"},
+    "AplayPlayer": {"_spawn", "play", "_write"},
+    "Speaker": {"speak"},
+    "Daemon": {"run"},
+}
+
+#: patch -> class -> the attributes it replaces or calls ("module." + name: a function of the class's module)
+_SPAWN = {"AplayPlayer": {"play", "_spawn", "module._reap"}}
+PATCH_NEEDS = {
+    "prespawn": _SPAWN,
+    "earlyspawn": {**_SPAWN, "Announcer": {"_play"}},
+    "msgspawn": {**_SPAWN, "Daemon": {"_on_say"}},
+    "asyncevents": {"Daemon": {"_emit", "publish_state"}},
+    "eagerrequests": {},
+    "nodelay": {"MqttBridge": {"_handle_connect"}},
+    "nojournal": {"Journal": {"write"}},
+    "lazyhit": {"PhraseCache": {"lookup", "_record", "_inspect", "entry_path", "_check_open"}},
+}
+
+
+class Unsupported(Exception):
+    """The code under test does not have (under these names) what the tracer wraps."""
+
+
+def find_class(name: str):
+    """The class from the first of its CLASSES modules that exists and defines it."""
+    import importlib
+    tried = []
+    for module in CLASSES[name]:
+        if not module_exists(module):
+            tried.append(f"no module {module}")
+            continue
+        cls = getattr(importlib.import_module(module), name, None)  # an import error here is real: raise
+        if cls is not None:
+            return cls
+        tried.append(f"no {name} in {module}")
+    raise Unsupported(f"{name} not found ({'; '.join(tried)})")
+
+
+def resolve(patches) -> dict:
+    """{class name: class} for the timeline and these patches, every wrapped attribute checked."""
+    import sys as _sys
+    need = {name: set(attrs) for name, attrs in TRACED.items()}
+    for patch in patches:
+        if patch not in PATCH_NEEDS:
+            raise SystemExit(f"unknown patch {patch!r} (known: {', '.join(PATCH_NEEDS)})")
+        for name, attrs in PATCH_NEEDS[patch].items():
+            need.setdefault(name, set()).update(attrs)
+    classes, missing = {}, []
+    for name, attrs in need.items():
+        try:
+            cls = classes[name] = find_class(name)
+        except Unsupported as exc:
+            missing.append(str(exc))
+            continue
+        for attr in sorted(attrs):
+            owner, short = (_sys.modules[cls.__module__], attr[7:]) if attr.startswith("module.") else (cls, attr)
+            if not hasattr(owner, short):
+                missing.append(f"{cls.__module__}.{short if owner is not cls else name + '.' + short}")
+    if missing:
+        raise Unsupported("; ".join(missing))
+    return classes
+
 
 # --------------------------------------------------------------------------- the child
 
 
 def child(config_path: str, log_path: str, patches: str = "") -> int:
-    from coze_speaker import announcer, cache, mqtt_bridge, players, speaker
     from coze_speaker.config import load_config
-    from coze_speaker.app.daemon import Daemon
+
+    names = patches.split(",") if patches else []
+    try:
+        classes = resolve(names)
+    except Unsupported as exc:
+        print(f"trace_hit: skipped: {exc}", file=sys.stderr)
+        return 3
+    Daemon, Announcer, Speaker = classes["Daemon"], classes["Announcer"], classes["Speaker"]
+    AplayPlayer, PhraseCache = classes["AplayPlayer"], classes["PhraseCache"]
 
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     lock = threading.Lock()
@@ -52,23 +147,23 @@ def child(config_path: str, log_path: str, patches: str = "") -> int:
                 mark(name + "<")
         setattr(cls, attr, wrapper)
 
-    around(mqtt_bridge.MqttBridge, "_handle_message", "on_message")
-    around(announcer.Announcer, "submit", "submit")
-    around(announcer.Announcer, "_play", "play")
-    around(speaker.AudioSource, "open", "source.open")
-    around(cache.PhraseCache, "lookup", "cache.lookup")
-    around(cache.PhraseCache, "stats", "cache.stats")
-    around(players.AplayPlayer, "_spawn", "aplay.spawn")
-    around(players.AplayPlayer, "play", "player.play")
+    around(classes["MqttBridge"], "_handle_message", "on_message")
+    around(Announcer, "submit", "submit")
+    around(Announcer, "_play", "play")
+    around(classes["AudioSource"], "open", "source.open")
+    around(PhraseCache, "lookup", "cache.lookup")
+    around(PhraseCache, "stats", "cache.stats")
+    around(AplayPlayer, "_spawn", "aplay.spawn")
+    around(AplayPlayer, "play", "player.play")
 
-    original_write = players.AplayPlayer._write
+    original_write = AplayPlayer._write
 
     def write(self, proc, fd_, data, errfile):
         mark("aplay.write>")
         return original_write(self, proc, fd_, data, errfile)
-    players.AplayPlayer._write = write
+    AplayPlayer._write = write
 
-    original_read = cache.PhraseCache.read
+    original_read = PhraseCache.read
 
     def read(self, entry, *a, **kw):
         first = True
@@ -77,23 +172,23 @@ def child(config_path: str, log_path: str, patches: str = "") -> int:
                 mark("cache.first_chunk")
                 first = False
             yield chunk
-    cache.PhraseCache.read = read
+    PhraseCache.read = read
 
-    original_speak = speaker.Speaker.speak
+    original_speak = Speaker.speak
 
     def speak(self, speech, **kw):
         mark("speak>")
         return original_speak(self, speech, **kw)
-    speaker.Speaker.speak = speak
+    Speaker.speak = speak
 
-    apply_patches(patches.split(",") if patches else [], mark)
+    apply_patches(names, mark, classes)
 
     import logging
     logging.basicConfig(level=logging.WARNING)
     return Daemon(load_config(config_path)).run()
 
 
-def apply_patches(names, mark) -> None:
+def apply_patches(names, mark, classes) -> None:
     """Experiments for a proposed change, applied by monkeypatching in this child only.
 
     prespawn   start aplay when play() begins, before the first chunk is there
@@ -114,12 +209,13 @@ def apply_patches(names, mark) -> None:
     import queue
     import tempfile
 
-    from coze_speaker import cache, journal, players
+    AplayPlayer, PhraseCache, Daemon = classes["AplayPlayer"], classes["PhraseCache"], classes["Daemon"]
+    players = sys.modules[AplayPlayer.__module__]
 
     for name in names:
         if name in ("prespawn", "earlyspawn", "msgspawn"):
-            if not hasattr(players.AplayPlayer, "prepare"):
-                orig_play, orig_spawn = players.AplayPlayer.play, players.AplayPlayer._spawn
+            if not hasattr(AplayPlayer, "prepare"):
+                orig_play, orig_spawn = AplayPlayer.play, AplayPlayer._spawn
 
                 def prepare(self, rate, _spawn=orig_spawn):
                     if getattr(self, "_prespawned", None) is None:
@@ -142,27 +238,25 @@ def apply_patches(names, mark) -> None:
                     proc, self._prespawned = getattr(self, "_prespawned", None), None
                     return proc if proc is not None and proc.poll() is None else _spawn(self, rate, errfile)
 
-                players.AplayPlayer.prepare = prepare
-                players.AplayPlayer.play, players.AplayPlayer._spawn = play, spawn
+                AplayPlayer.prepare = prepare
+                AplayPlayer.play, AplayPlayer._spawn = play, spawn
             if name == "earlyspawn":
-                from coze_speaker import announcer
-                orig_announcer_play = announcer.Announcer._play
+                Announcer = classes["Announcer"]
+                orig_announcer_play = Announcer._play
 
                 def announcer_play(self, item, _orig=orig_announcer_play):
                     self.speaker.player.prepare(self.speaker.rate)
                     return _orig(self, item)
-                announcer.Announcer._play = announcer_play
+                Announcer._play = announcer_play
             if name == "msgspawn":
-                from coze_speaker import daemon
-                orig_on_say = daemon.Daemon._on_say
+                orig_on_say = Daemon._on_say
 
                 def on_say(self, msg, _orig=orig_on_say):
                     if not self.announcer.speaking and not self.announcer.queue_length():
                         self.player.prepare(self.rate)
                     return _orig(self, msg)
-                daemon.Daemon._on_say = on_say
+                Daemon._on_say = on_say
         elif name == "asyncevents":
-            from coze_speaker import daemon
             jobs: queue.Queue = queue.Queue()
 
             def run_jobs():
@@ -171,27 +265,27 @@ def apply_patches(names, mark) -> None:
                     fn(*a)
 
             threading.Thread(target=run_jobs, daemon=True, name="asyncevents").start()
-            orig_emit, orig_state = daemon.Daemon._emit, daemon.Daemon.publish_state
-            daemon.Daemon._emit = lambda self, ev, ann, _f=orig_emit: jobs.put((_f, (self, ev, ann)))
-            daemon.Daemon.publish_state = lambda self, _f=orig_state: jobs.put((_f, (self,)))
+            orig_emit, orig_state = Daemon._emit, Daemon.publish_state
+            Daemon._emit = lambda self, ev, ann, _f=orig_emit: jobs.put((_f, (self, ev, ann)))
+            Daemon.publish_state = lambda self, _f=orig_state: jobs.put((_f, (self,)))
         elif name == "nodelay":
-            from coze_speaker import mqtt_bridge
             import socket
-            orig_connect = mqtt_bridge.MqttBridge._handle_connect
+            MqttBridge = classes["MqttBridge"]
+            orig_connect = MqttBridge._handle_connect
 
             def handle_connect(self, client, *a, _orig=orig_connect):
                 sock = client.socket()
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return _orig(self, client, *a)
-            mqtt_bridge.MqttBridge._handle_connect = handle_connect
+            MqttBridge._handle_connect = handle_connect
         elif name == "eagerrequests":
             __import__("requests")  # what the daemon did before it imported requests lazily
         elif name == "nojournal":
-            journal.Journal.write = lambda self, announcements: None
+            classes["Journal"].write = lambda self, announcements: None
         elif name == "lazyhit":
             work: queue.Queue = queue.Queue()
-            orig_record = cache.PhraseCache._record
+            orig_record = PhraseCache._record
 
             def worker():
                 while True:
@@ -199,7 +293,7 @@ def apply_patches(names, mark) -> None:
                     orig_record(self_, key, entry=entry, st=st)
 
             threading.Thread(target=worker, daemon=True, name="lazyhit").start()
-            orig_lookup = cache.PhraseCache.lookup
+            orig_lookup = PhraseCache.lookup
 
             def lookup(self, key, _orig=orig_lookup):
                 self._check_open()
@@ -209,7 +303,7 @@ def apply_patches(names, mark) -> None:
                 work.put((self, key, entry, st))
                 return entry
 
-            cache.PhraseCache.lookup = lookup
+            PhraseCache.lookup = lookup
         else:
             raise SystemExit(f"unknown patch {name!r}")
 
@@ -232,6 +326,13 @@ def main(argv=None) -> int:
     from harness import TOKEN, BenchFake, start_broker, Client, StampSink, daemon_config
     from run import GAP, PHRASES
 
+    try:  # before starting anything: does this layout have what the child wraps?
+        resolve(args.patch.split(",") if args.patch else [])
+    except Unsupported as exc:
+        print(f"trace_hit: skipped: this coze_speaker does not have what the tracer wraps under the names it "
+              f"knows: {exc}. Update CLASSES / PATCH_NEEDS in bench/trace_hit.py to the new layout.", file=sys.stderr)
+        return 0
+
     work = Path(tempfile.mkdtemp(prefix="trace-hit-"))
     broker = start_broker(work)
     fake = BenchFake(token=TOKEN).start()
@@ -244,7 +345,9 @@ def main(argv=None) -> int:
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(cfg), str(log), args.patch], env=env)
     try:
-        client.wait(lambda: client.online, 30, "online")
+        client.wait(lambda: client.online or proc.poll() is not None, 30, "online")
+        if proc.poll() is not None:
+            raise SystemExit(f"trace_hit: the traced daemon exited with {proc.returncode}")
         spy = None
         if os.environ.get("TRACE_PYSPY"):  # sample the daemon while the hits run
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "1000", "--format", "raw",
