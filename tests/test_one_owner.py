@@ -5,6 +5,7 @@ Real mosquitto, the fake Coze over HTTP, real aplay into the ALSA file sink.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from alsa_sink import alsa_sink  # noqa: F401  (fixture)
 from fake_coze import FakeCoze
 from mqtt_helpers import broker, probe  # noqa: F401  (fixtures)
 from coze_speaker.voice.textsplit import split_text
-from test_daemon import AVAIL, EVENT, SAY, SPEECH, pcm, slow_audio, start_daemon  # noqa: F401
+from test_daemon import AVAIL, EVENT, SAY, SPEECH, pcm, slow_audio, start_daemon, write_config  # noqa: F401
 
 ESPEAK = Path("/usr/bin/espeak-ng").exists()
 
@@ -109,3 +110,33 @@ def test_repeat_of_a_short_announcement_is_replayed_from_memory(start_daemon, pr
 
 def test_fake_pcm_is_what_the_sink_plays():  # guards the helper the tests above rely on
     assert FakeCoze.pcm_for("x", "voice_0000", 24000) == pcm("x")
+
+
+def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_coze, broker, probe, alsa_sink):
+    """systemctl restart while something plays: the queued ones, and the one that was playing,
+    are spoken after the restart; no event claims they ended."""
+    from test_faults import DaemonProcess, online
+
+    path = write_config(tmp_path, fake_coze, broker)
+    slow_audio(fake_coze)
+    first = DaemonProcess(path)
+    try:
+        online(probe)
+        probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
+        probe.wait_event(EVENT, id="head", event="started")
+        for n in range(3):
+            probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
+            probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        assert first.kill(signal.SIGTERM) == 0
+    finally:
+        first.stop()
+    finals = {"finished", "failed", "expired", "dropped", "interrupted"}
+    assert [e for e in probe.events(EVENT) if e["event"] in finals] == []
+    fake_coze.chunk_delay = 0
+    second = DaemonProcess(path)
+    try:
+        online(probe, count=2)
+        for ident in ("head", "q0", "q1", "q2"):
+            assert probe.wait_event(EVENT, id=ident, event="finished", timeout=60)
+    finally:
+        second.stop()

@@ -41,9 +41,9 @@ _RESERVED_KEY_FIELDS = ("v", "host", "text")
 
 
 class CacheError(SpeakerError):
-    code = "cache"
-
     """The cache cannot do what was asked (unusable directory, entry vanished, closed)."""
+
+    code = "cache"
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ MAX_JSON_DEPTH = 4
 
 
 class PayloadError(SpeakerError, ValueError):
-    code = "invalid"
-
     """A say payload that cannot be spoken; ``field`` names what is wrong."""
+
+    code = "invalid"
 
     def __init__(self, field: str, problem: str, *, announcement_id: Optional[str] = None) -> None:
         self.field = field

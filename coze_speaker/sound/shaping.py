@@ -19,10 +19,10 @@ from .wav import s16_samples as _samples
 
 
 class ChimeError(SpeakerError, ValueError):
+    """A chime that cannot be used: unknown name, outside the chimes folder, unreadable."""
+
     code = "invalid"
     field = "chime"
-
-    """A chime that cannot be used: unknown name, outside the chimes folder, unreadable."""
 
 
 @lru_cache(maxsize=8)
