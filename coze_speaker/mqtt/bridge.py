@@ -33,6 +33,9 @@ class Incoming:
     expiry: Optional[float] = None
     response_topic: Optional[str] = None
     correlation_data: Optional[bytes] = None
+    #: packet id and QoS, for the acknowledgement sent once the message is handled
+    mid: int = 0
+    qos: int = 0
 
 
 def apply_credentials(client: mqtt.Client, config: Any) -> None:
@@ -85,6 +88,9 @@ class MqttBridge:
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
             clean_session=None if self.v5 else True,
         )
+        # a QoS 1 message is acknowledged only once handled (journaled), not when it arrives:
+        # the intake thread calls ack(), so a crash in between makes the broker send it again
+        self.client.manual_ack_set(True)
         self.client.enable_logger(logging.getLogger("coze_speaker.paho"))
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
@@ -120,6 +126,11 @@ class MqttBridge:
         if self.connected.is_set():
             self.client.disconnect()
         self.client.loop_stop()
+
+    def ack(self, message: Incoming) -> None:
+        """Acknowledge a handled message (QoS 1 and 2; nothing to do for QoS 0)."""
+        if message.qos > 0:
+            self.client.ack(message.mid, message.qos)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: Optional[int] = None,
                 correlation_data: Optional[bytes] = None) -> None:
@@ -173,7 +184,7 @@ class MqttBridge:
             correlation = getattr(props, "CorrelationData", None)
         incoming = Incoming(topic=message.topic, payload=bytes(message.payload), retain=bool(message.retain),
                             received=time.monotonic(), expiry=expiry, response_topic=response_topic,
-                            correlation_data=correlation)
+                            correlation_data=correlation, mid=message.mid, qos=message.qos)
         try:
             self._on_message(incoming)
         except Exception:  # a handler bug must not kill paho's network thread

@@ -2,8 +2,10 @@
 
 paho's network thread only hands each message to the intake thread (the rhasspy-hermes
 pattern), so a slow handler never stalls keep-alives. The intake thread parses a message
-into an Announcement (or a command) and hands it to the queue; handlers return what to
-publish. Events come back from the queue through `sink`, and are turned into MQTT here.
+into an Announcement (or a command), hands it to the queue (which journals it) and only
+then acknowledges it to the broker, so a crash in between means a redelivery, not a loss;
+handlers return what to publish. Events come back from the queue through `sink`, and are
+turned into MQTT here.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class MqttFrontEnd:
                     self.publish(out)
             except Exception:  # a handler bug must not stop the intake
                 log.exception("handling a message on %s failed", getattr(msg, "topic", "?"))
+            finally:
+                self.bridge.ack(msg)  # handled (and journaled when accepted): the broker may forget it
 
     def publish(self, out: Publish) -> None:
         self.bridge.publish(out.topic, out.payload, retain=out.retain, qos=out.qos,
