@@ -62,8 +62,8 @@ class MqttFrontEnd:
         self._intake: Optional[threading.Thread] = None
         self._last_state: Optional[bytes] = None
         self._state_lock = threading.Lock()
-        self._state_timer: Optional[threading.Timer] = None
-        self._state_sent_at = 0.0
+        self._state_dirty = threading.Event()
+        self._state_thread: Optional[threading.Thread] = None
         self._closed = False
         self.bridge = MqttBridge(
             mqtt, client_id=mqtt.client_id or f"coze-speaker-{mqtt.device_id}",
@@ -90,6 +90,8 @@ class MqttFrontEnd:
         """Start the intake thread and connect in the background."""
         self._intake = threading.Thread(target=self._take_in, name="coze-speaker-intake", daemon=True)
         self._intake.start()
+        self._state_thread = threading.Thread(target=self._publish_states, name="coze-speaker-state", daemon=True)
+        self._state_thread.start()
         self.bridge.start()
 
     def stop(self, *, offline: bool = True, timeout: float = 3.0) -> None:
@@ -100,9 +102,9 @@ class MqttFrontEnd:
             self._intake.join(timeout)
         with self._state_lock:
             self._closed = True
-            if self._state_timer is not None:
-                self._state_timer.cancel()
-                self._state_timer = None
+        self._state_dirty.set()
+        if self._state_thread is not None:
+            self._state_thread.join(timeout)
         if offline:
             self.bridge.stop(self.topics.availability, NOT_AVAILABLE)
         else:
@@ -240,18 +242,21 @@ class MqttFrontEnd:
         return [Publish(discovery_topic(self.topics), discovery_payload(self.topics), retain=True, qos=1)]
 
     def publish_state(self) -> None:
-        """Publish the state, at most every STATE_INTERVAL seconds (a burst of 1000 messages
-        must not become 5000 state messages); the last change is always published."""
-        with self._state_lock:
-            if self._state_timer is not None or self._closed:
-                return
-            wait = self._state_sent_at + STATE_INTERVAL - time.monotonic()
-            if wait > 0:
-                self._state_timer = threading.Timer(wait, self._publish_state_now)
-                self._state_timer.daemon = True
-                self._state_timer.start()
-                return
-        self._publish_state_now()
+        """Ask for the state to be published (any thread, returns at once): the state thread
+        publishes it at most every STATE_INTERVAL seconds, so a burst of 1000 messages does not
+        become 5000 state messages, and the hot path of an announcement never waits for it;
+        the last change is always published."""
+        self._state_dirty.set()
+
+    def _publish_states(self) -> None:
+        while True:
+            self._state_dirty.wait()
+            with self._state_lock:
+                if self._closed:
+                    return
+            self._state_dirty.clear()
+            self._publish_state_now()
+            time.sleep(STATE_INTERVAL)  # bounded: the thread ends with the front end
 
     def state(self) -> Optional[SpeakerState]:
         """The speaker's state now (None while the cache is closed by a reload or shutdown)."""
@@ -268,9 +273,6 @@ class MqttFrontEnd:
                             last=(worker.last_text or "")[:250] or None)
 
     def _publish_state_now(self) -> None:
-        with self._state_lock:
-            self._state_timer = None
-            self._state_sent_at = time.monotonic()
         state = self.state()
         if state is None:
             return

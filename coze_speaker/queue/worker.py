@@ -259,7 +259,9 @@ class Announcer:
                     continue
                 self._lock.wait(timeout=self.policy.next_deadline_in())
 
-    def _want_prefetch(self) -> None:
+    def _audible(self) -> None:
+        """The first chunk is with the device: publish the state and synthesize the next one."""
+        self._changed()
         with self._lock:
             self._prefetch_wanted = True
             self._lock.notify_all()
@@ -270,8 +272,7 @@ class Announcer:
             return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
         volume = self.policy.volume_for(ann, self.volume)
         self.last_text = ann.text
-        self._event(ann, "started")
-        self._changed()
+        self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
         token = item.token
         attempt = 0
         calls = 0
@@ -345,7 +346,7 @@ class Announcer:
                     again = self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
                     chunks = again
                 result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime,
-                                           after_first_audio=self._want_prefetch if round_no == 0 else None)
+                                           after_first_audio=self._audible if round_no == 0 else None)
                 if round_no == 0:
                     total.first_audio = result.first_audio
                 elif isinstance(chunks, OpenSpeech):
