@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import SpeakerError
+from ..vocabulary import SAMPLE_RATES
 from ..sound.wav import HEADER_SIZE, check_s16_mono_header, s16_mono_header
 
 __all__ = [
@@ -33,8 +34,8 @@ __all__ = [
 ]
 
 KEY_VERSION = 1
-MIN_RATE = 8000
-MAX_RATE = 48000
+MIN_RATE = min(SAMPLE_RATES)
+MAX_RATE = max(SAMPLE_RATES)
 
 _KEY_RE = re.compile(r"[0-9a-f]{64}\Z")
 _RESERVED_KEY_FIELDS = ("v", "host", "text")

@@ -15,7 +15,7 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
-from ..vocabulary import EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, SAMPLE_RATES, SPEED, VOLUME
+from ..vocabulary import AUDIO_BACKENDS, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, SAMPLE_RATES, SPEED, VOLUME
 from .checks import (Secret, boolean, integer, list_of, null_as, number, one_of, optional, path, pattern, secret,
                      string, time_of_day, topic, url, word_or)
 from .loader import flag_or_section, key, subsection
@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-AUDIO_BACKENDS = ("auto", "aplay", "simpleaudio", "null")
 FALLBACK_ENGINES = ("none", "espeak-ng")
 
 _NAME_RE = re.compile(r"^[a-z0-9_-]+$")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from ..vocabulary import AUDIO_BACKENDS
 from .aplay import AplayPlayer
 from .player import (BUSY, FAILED, KINDS, MISSING, NullPlayer, Player, PlayerError, _check_rate, _END, _Source,
                      _Stopped, classify_error, device_error_message)
@@ -17,7 +18,7 @@ __all__ = ["AplayPlayer", "BACKENDS", "BUSY", "FAILED", "KINDS", "MISSING", "Nul
            "SimpleaudioPlayer", "classify_error", "device_error_message", "make_player", "_check_rate", "_END",
            "_Source", "_Stopped"]
 
-BACKENDS = ("auto", "aplay", "simpleaudio", "null")
+BACKENDS = AUDIO_BACKENDS
 
 
 def _simpleaudio_importable() -> bool:
