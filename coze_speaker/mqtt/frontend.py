@@ -105,6 +105,7 @@ class MqttFrontEnd:
         self._state_dirty.set()
         if self._state_thread is not None:
             self._state_thread.join(timeout)
+        self._publish_state_now(final=True)  # the retained state says how it was left
         if offline:
             self.bridge.stop(self.topics.availability, NOT_AVAILABLE)
         else:
@@ -268,17 +269,17 @@ class MqttFrontEnd:
                 return None
             cache = {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
         worker = self.worker
-        return SpeakerState(state="speaking" if worker.speaking else "idle", volume=worker.volume,
+        return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
                             last=(worker.last_text or "")[:250] or None)
 
-    def _publish_state_now(self) -> None:
+    def _publish_state_now(self, *, final: bool = False) -> None:
         state = self.state()
         if state is None:
             return
         payload = state.payload()
         with self._state_lock:
-            if payload == self._last_state or self._closed:
+            if payload == self._last_state or (self._closed and not final):
                 return
             self._last_state = payload
         self.bridge.publish(self.topics.state, payload, retain=True, qos=1)
