@@ -236,24 +236,22 @@ class Announcer:
                 items = [self._items.pop(a.id) for a in expired if a.id in self._items]
                 if expired:
                     self.persist()
-                prefetch = None
                 if self._prefetch_wanted:
                     self._prefetch_wanted = False
                     upcoming = self.policy.peek()
-                    if upcoming is not None and self._items[upcoming.id].speech is None:
-                        prefetch = (upcoming, self._items[upcoming.id])
-                if expired or prefetch:
+                    item = self._items.get(upcoming.id) if upcoming is not None else None
+                    if upcoming is not None and item is not None and item.speech is None:
+                        # under the lock: the worker takes the item either before (and opens it
+                        # itself) or after this, never in between (one synthesis per item)
+                        item.speech = self.source.open(item.request, use_cache=upcoming.cache, token=item.token)
+                if expired:
                     self._lock.release()
                     try:
                         for ann in expired:
                             self._event(ann, "expired", reason="ttl")
                         for item in items:
                             self._close(item)
-                        if expired:
-                            self._changed()
-                        if prefetch is not None:
-                            ann, item = prefetch
-                            item.speech = self.source.open(item.request, use_cache=ann.cache, token=item.token)
+                        self._changed()
                     finally:
                         self._lock.acquire()
                     continue
