@@ -24,7 +24,7 @@ from alsa_sink import alsa_sink, fake_aplay  # noqa: F401
 from conftest import TOKEN, VOICE
 from fake_coze import FakeCoze, Fault
 from mqtt_helpers import Broker, Probe, broker, probe  # noqa: F401
-from test_daemon import AVAIL, EVENT, SAY, SPEECH, Running, pcm, slow_audio, start_daemon, write_config  # noqa: F401
+from test_daemon import AVAIL, EVENT, SAY, SPEECH, B, D, Running, pcm, slow_audio, start_daemon, write_config  # noqa: F401
 
 from coze_speaker.queue.announcement import PayloadError, parse_say
 
@@ -350,3 +350,56 @@ def test_secrets_never_reach_logs_events_or_argv(tmp_path, fake_coze, broker, pr
     assert TOKEN not in d.log
     for m in probe.messages:
         assert TOKEN.encode() not in m.payload
+
+
+# -- hostile input while something plays ---------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["text", "id"])
+def test_a_lone_surrogate_is_refused_and_the_worker_goes_on(start_daemon, probe, fake_coze, field):
+    """JSON "\\ud800" is a lone surrogate: refused naming the field, and the speaker keeps speaking."""
+    start_daemon()
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "Something long is playing right now, please wait.", "id": "playing"})
+    probe.wait_event(EVENT, id="playing", event="started")
+    body = '{"text": "bad \\ud800 text"}' if field == "text" else '{"text": "fine", "id": "x\\ud800"}'
+    probe.client.publish(SAY, body.encode(), qos=1)
+    failed = probe.wait_event(EVENT, event="failed")
+    assert failed["error"]["field"] == field and "surrogate" in failed["error"]["message"]
+    probe.wait_event(EVENT, id="playing", event="finished", timeout=30)
+    fake_coze.chunk_delay = 0
+    probe.publish(SAY, {"text": "still alive", "id": "after"})
+    assert probe.wait_event(EVENT, id="after", event="finished", timeout=30)
+
+
+def test_a_retained_stop_does_not_empty_the_queue_restored_after_a_crash(tmp_path, fake_coze, broker, probe,
+                                                                          alsa_sink):
+    """Retained commands (an automation that set retain by mistake) would act again at every
+    connect; they are ignored with a warning, as a retained say is."""
+    probe.publish(f"{B}/{D}/stop", "all", retain=True)
+    probe.publish(f"{B}/{D}/volume/set", "5", retain=True)
+    path = write_config(tmp_path, fake_coze, broker)
+    slow_audio(fake_coze)
+    first = DaemonProcess(path)
+    try:
+        online(probe)
+        probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
+        probe.wait_event(EVENT, id="head", event="started")
+        for n in range(2):
+            probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
+            probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        first.kill()
+    finally:
+        first.stop()
+    fake_coze.chunk_delay = 0
+    second = DaemonProcess(path)
+    try:
+        online(probe, count=2)
+        for ident in ("head", "q0", "q1"):
+            assert probe.wait_event(EVENT, id=ident, event="finished", timeout=60)
+        assert probe.events(EVENT, event="dropped") == []
+        assert "ignored a retained message" in second.log
+        assert [m.payload for m in probe.on(f"{B}/{D}/volume")][-1] == b"100"
+    finally:
+        second.stop()
+        probe.publish(f"{B}/{D}/stop", "", retain=True)
+        probe.publish(f"{B}/{D}/volume/set", "", retain=True)

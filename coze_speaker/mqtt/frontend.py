@@ -135,6 +135,11 @@ class MqttFrontEnd:
         topics = self.topics
         if msg.topic in topics.say_topics:
             return self._on_say(msg)
+        if msg.retain and msg.topic in (topics.stop, topics.volume_set):
+            # a command left retained on the broker would act again at every (re)connect:
+            # a retained `stop all` would empty the queue restored after a crash
+            log.warning("ignored a retained message on %s (clear it with an empty retained message)", msg.topic)
+            return []
         if msg.topic == topics.stop:
             self.worker.stop(clear=msg.payload.strip().lower() == b"all")
         elif msg.topic == topics.volume_set:

@@ -85,7 +85,8 @@ def _text(value: Any, name: str, max_bytes: int) -> str:
     value = value.strip()
     if not value:
         raise PayloadError(name, "is empty")
-    size = len(value.encode("utf-8", "surrogatepass"))
+    _valid_unicode(name, value)
+    size = len(value.encode("utf-8"))
     if size > max_bytes:
         raise PayloadError(name, f"is {size} bytes, the limit is {max_bytes} (limits.max_text_bytes)")
     if any(ord(c) < 32 and c not in "\n\t\r" for c in value):
@@ -134,8 +135,17 @@ def _short_str(name: str, max_len: int = 256) -> Callable[[Any], Any]:
             raise PayloadError(name, f"is longer than {max_len} characters")
         if any(ord(c) < 32 for c in value):
             raise PayloadError(name, "contains control characters")
+        _valid_unicode(name, value)
         return value.strip()
     return check
+
+
+def _valid_unicode(name: str, value: str) -> None:
+    """A lone surrogate (JSON "\\ud800") is not text: it cannot be journaled or sent to Coze."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(name, "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
 
 
 def _chime(value: Any) -> Union[bool, str]:

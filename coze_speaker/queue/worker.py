@@ -200,22 +200,35 @@ class Announcer:
             ann = self._next()
             if ann is None:
                 return
-            item = self._items[ann.id]
             try:
-                kind, fields = self._play(ann, item)
-            except Exception as exc:  # never let one announcement kill the worker
-                log.exception("announcement %s failed unexpectedly", ann.id)
-                kind, fields = "failed", {"error": error_fields(exc)}
-            if item.token.reason == SHUTDOWN:
-                return  # it stays in the journal and plays again after the restart
-            with self._lock:
-                self.policy.done()
-                self._items.pop(ann.id, None)
-                self.persist()  # it leaves the journal before its final event goes out
-            self._close(item)
-            self._event(ann, kind, **fields)
-            self.heartbeat = self._clock()
-            self._changed()
+                if not self._one(ann):
+                    return
+            except Exception:  # the bookkeeping itself failed: log it, keep the speaker alive
+                log.exception("the worker recovered from an unexpected error around %s", ann.id)
+                with self._lock:
+                    if self.policy.playing is not None and self.policy.playing.id == ann.id:
+                        self.policy.done()
+                    self._items.pop(ann.id, None)
+
+    def _one(self, ann: Announcement) -> bool:
+        """Play one announcement and report how it ended; False at shutdown."""
+        item = self._items[ann.id]
+        try:
+            kind, fields = self._play(ann, item)
+        except Exception as exc:  # never let one announcement kill the worker
+            log.exception("announcement %s failed unexpectedly", ann.id)
+            kind, fields = "failed", {"error": error_fields(exc)}
+        if item.token.reason == SHUTDOWN:
+            return False  # it stays in the journal and plays again after the restart
+        with self._lock:
+            self.policy.done()
+            self._items.pop(ann.id, None)
+            self.persist()  # it leaves the journal before its final event goes out
+        self._close(item)
+        self._event(ann, kind, **fields)
+        self.heartbeat = self._clock()
+        self._changed()
+        return True
 
     def _next(self) -> Optional[Announcement]:
         with self._lock:
