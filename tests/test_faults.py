@@ -403,3 +403,28 @@ def test_a_retained_stop_does_not_empty_the_queue_restored_after_a_crash(tmp_pat
         second.stop()
         probe.publish(f"{B}/{D}/stop", "", retain=True)
         probe.publish(f"{B}/{D}/volume/set", "", retain=True)
+
+
+def test_the_log_says_what_was_spoken_and_why_not(tmp_path, fake_coze, broker, probe, alsa_sink):
+    """At the default logging.level (info) every final event is one line: id, outcome, cached,
+    latency, reason or code/logid, the text shortened."""
+    path = write_config(tmp_path, fake_coze, broker)
+    d = DaemonProcess(path)
+    try:
+        online(probe)
+        probe.publish(SAY, {"text": "Dinner is ready", "id": "dinner"})
+        probe.wait_event(EVENT, id="dinner", event="finished")
+        fake_coze.add_fault(SPEECH, Fault(code=4100, msg="invalid token"))
+        probe.publish(SAY, {"text": "The front door is open " * 5, "id": "door"})
+        failed = probe.wait_event(EVENT, id="door", event="failed", timeout=30)
+        probe.publish(SAY, {"text": "", "id": "empty"})
+        probe.wait_event(EVENT, event="failed", id="empty")
+    finally:
+        d.stop()
+    lines = d.log.splitlines()
+    assert any("finished dinner (synthesized, first audio after" in line and "'Dinner is ready'" in line
+               for line in lines), lines
+    door = [line for line in lines if "failed door (" in line]
+    assert door and "code 4100" in door[0] and f"logid {failed['error']['logid']}" in door[0]
+    assert door[0].rstrip().endswith("…'")  # the text is shortened
+    assert any("failed empty (code invalid, field text)" in line for line in lines), lines

@@ -163,7 +163,6 @@ class MqttFrontEnd:
             bad = Announcement(text=_preview(msg.payload), received=msg.received, **extra)
             if exc.announcement_id:
                 bad = bad.replace(id=exc.announcement_id)
-            log.warning("refused a say message on %s: %s", msg.topic, exc)
             return self.event_messages(AnnouncementEvent.about(bad, "failed", error=exc.event_fields()))
         if msg.retain:
             log.warning("ignored a retained say message on %s (clear it with an empty retained message)",
@@ -218,6 +217,8 @@ class MqttFrontEnd:
         """An event on B/D/event; a final one also on its response topic and to Hermes."""
         payload = event_payload(event)
         out = [Publish(self.topics.event, payload)]
+        if event.final:
+            log.log(logging.WARNING if event.event == "failed" else logging.INFO, "%s", outcome_line(event))
         ann = event.announcement
         if not event.final or ann is None:
             return out
@@ -289,6 +290,27 @@ class MqttFrontEnd:
             self._last_state = payload
         self.bridge.publish(self.topics.state, payload, retain=True, qos=1)
         sdnotify.notify(f"STATUS={state.state}, queue {state.queue}, volume {state.volume}")
+
+
+def outcome_line(event: AnnouncementEvent) -> str:
+    """One journal line per final event: what was spoken or why not, e.g.
+    `finished 3f9c0a1b (cached, 12 ms): "Dinner is ready"`."""
+    details = []
+    if event.cached is not None:
+        details.append("cached" if event.cached else "synthesized")
+    if event.latency_ms is not None:
+        details.append(f"first audio after {event.latency_ms} ms")
+    if event.fallback:
+        details.append("offline voice")
+    error = event.error or {}
+    if event.reason and not error:
+        details.append(f"reason: {event.reason}")
+    for key in ("code", "field", "logid"):
+        if error.get(key) is not None:
+            details.append(f"{key} {error[key]}")
+    text = event.text if len(event.text) <= 60 else event.text[:59] + "…"
+    message = f" {error['message']}" if error.get("message") and event.event == "failed" else ""
+    return f"{event.event} {event.id} ({', '.join(details) or '-'}):{message} {text!r}"
 
 
 def _preview(payload: bytes) -> str:
