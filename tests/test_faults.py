@@ -34,6 +34,16 @@ def online(probe, count=1, timeout=30):
                    timeout=timeout)
 
 
+def hold_the_queue(probe, count):
+    """A slow announcement plays ("head") and `count` more wait behind it (q0, q1, …)."""
+    probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
+    probe.wait_event(EVENT, id="head", event="started")
+    for n in range(count):
+        probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
+    for n in range(count):
+        probe.wait_event(EVENT, id=f"q{n}", event="queued")
+
+
 class DaemonProcess:
     """`coze-speaker run` as a real process (for kills and resource limits)."""
 
@@ -171,12 +181,7 @@ def test_sigkill_with_five_queued_then_restart_plays_them(tmp_path, fake_coze, b
     first = DaemonProcess(path)
     try:
         online(probe)
-        probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
-        probe.wait_event(EVENT, id="head", event="started")
-        for n in range(5):
-            probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
-        for n in range(5):
-            probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        hold_the_queue(probe, 5)
         first.kill()
     finally:
         first.stop()
@@ -382,11 +387,7 @@ def test_a_retained_stop_does_not_empty_the_queue_restored_after_a_crash(tmp_pat
     first = DaemonProcess(path)
     try:
         online(probe)
-        probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
-        probe.wait_event(EVENT, id="head", event="started")
-        for n in range(2):
-            probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
-            probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        hold_the_queue(probe, 2)
         first.kill()
     finally:
         first.stop()

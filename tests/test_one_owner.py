@@ -115,18 +115,14 @@ def test_fake_pcm_is_what_the_sink_plays():  # guards the helper the tests above
 def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_coze, broker, probe, alsa_sink):
     """systemctl restart while something plays: the queued ones, and the one that was playing,
     are spoken after the restart; no event claims they ended."""
-    from test_faults import DaemonProcess, online
+    from test_faults import DaemonProcess, hold_the_queue, online
 
     path = write_config(tmp_path, fake_coze, broker)
     slow_audio(fake_coze)
     first = DaemonProcess(path)
     try:
         online(probe)
-        probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
-        probe.wait_event(EVENT, id="head", event="started")
-        for n in range(3):
-            probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
-            probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        hold_the_queue(probe, 3)
         assert first.kill(signal.SIGTERM) == 0
     finally:
         first.stop()
