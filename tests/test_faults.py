@@ -429,3 +429,22 @@ def test_the_log_says_what_was_spoken_and_why_not(tmp_path, fake_coze, broker, p
     assert door and "code 4100" in door[0] and f"logid {failed['error']['logid']}" in door[0]
     assert door[0].rstrip().endswith("…'")  # the text is shortened
     assert any("failed empty (code invalid, field text)" in line for line in lines), lines
+
+
+def test_a_response_topic_cannot_command_a_speaker(start_daemon, probe, fake_coze):
+    """MQTT 5 response topics under the base topic, hermes/ or the discovery prefix are refused:
+    a client allowed to publish only to `say` must not stop a critical announcement."""
+    start_daemon()
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "Smoke detected in the kitchen, please leave the house.", "id": "crit",
+                        "priority": "critical"})
+    probe.wait_event(EVENT, id="crit", event="started")
+    for topic in (f"{B}/{D}/stop", f"{B}/all/say", "hermes/tts/say", "homeassistant/device/x/config", "a/+/b"):
+        probe.publish(SAY, "{", response_topic=topic)
+    refused = probe.wait_for(lambda _: [e for e in probe.events(EVENT, event="failed")
+                                        if (e.get("error") or {}).get("field") == "response_topic"][4:])
+    assert refused
+    assert probe.wait_event(EVENT, id="crit", event="finished", timeout=60)
+    assert probe.on(f"{B}/{D}/stop") == [] and probe.on("hermes/tts/say") == []
+    probe.publish(SAY, {"text": "reply elsewhere", "id": "ok"}, response_topic="my/replies")
+    assert probe.wait_event(EVENT, id="ok", event="finished", timeout=30)

@@ -156,6 +156,14 @@ class MqttFrontEnd:
         source = "mqtt" if msg.topic == topics.say else ("all" if msg.topic == topics.all_say else "group")
         extra: dict = {"source": source, "response_topic": msg.response_topic,
                        "correlation_data": msg.correlation_data}
+        if msg.response_topic is not None and not self.response_topic_allowed(msg.response_topic):
+            # a client allowed to publish only to `say` must not make the speaker publish to
+            # its own stop or volume topics, Hermes or Home Assistant discovery
+            bad = Announcement(text=_preview(msg.payload), received=msg.received, source=source)
+            error = {"message": f"response_topic: {msg.response_topic!r} is not allowed (it is under "
+                                f"{self.topics.base}/, hermes/ or {self.topics.discovery_prefix}/, or has a wildcard)",
+                     "code": "invalid", "field": "response_topic"}
+            return self.event_messages(AnnouncementEvent.about(bad, "failed", error=error))
         try:
             ann = parse_say(msg.payload, max_text_bytes=self.config.limits.max_text_bytes,
                             received=msg.received, **extra)
@@ -172,6 +180,13 @@ class MqttFrontEnd:
             ann = ann.replace(deadline=msg.received + msg.expiry)
         self.worker.submit(ann)
         return []
+
+    def response_topic_allowed(self, topic: str) -> bool:
+        """Replies go anywhere but to topics that command or describe speakers."""
+        reserved = (self.topics.base, "hermes", self.topics.discovery_prefix)
+        if not topic or "+" in topic or "#" in topic:
+            return False
+        return not any(topic == r or topic.startswith(r + "/") for r in reserved)
 
     def _on_volume(self, payload: bytes) -> List[Publish]:
         try:
