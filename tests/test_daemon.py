@@ -284,7 +284,7 @@ def test_volume_is_applied_kept_and_published(start_daemon, probe, alsa_sink, tm
     assert played != loud and len(played) == len(loud)
     assert max(abs(int.from_bytes(played[i:i + 2], "little", signed=True)) for i in range(0, len(played), 2)) < 8000
     r.stop()
-    assert json.loads((tmp_path / "state" / "volume.json").read_text()) == 50
+    assert json.loads((tmp_path / "state" / f"volume-{D}.json").read_text()) == 50
     start_daemon()
     probe.wait_for(lambda _: [m for m in probe.on(f"{B}/{D}/volume") if m.payload == b"50"])
 

@@ -448,3 +448,42 @@ def test_a_response_topic_cannot_command_a_speaker(start_daemon, probe, fake_coz
     assert probe.on(f"{B}/{D}/stop") == [] and probe.on("hermes/tts/say") == []
     probe.publish(SAY, {"text": "reply elsewhere", "id": "ok"}, response_topic="my/replies")
     assert probe.wait_event(EVENT, id="ok", event="finished", timeout=30)
+
+
+def test_two_speakers_on_one_machine_keep_their_own_journal(tmp_path, fake_coze, broker, probe, alsa_sink):
+    """Same default state dir, two device ids: after a crash each speaks only its own queue."""
+    kitchen = write_config(tmp_path, fake_coze, broker)
+    data = yaml.safe_load(kitchen.read_text())
+    data["mqtt"]["device_id"] = "hall"
+    hall = tmp_path / "config-hall.yaml"
+    hall.write_text(yaml.safe_dump(data))
+    hall.chmod(0o600)
+    slow_audio(fake_coze)
+    speakers = {D: kitchen, "hall": hall}
+    running = {}
+    try:
+        for device, path in speakers.items():
+            running[device] = DaemonProcess(path)
+        for device in speakers:
+            probe.wait_for(lambda ms, d=device: [m for m in ms if m.topic == f"{B}/{d}/availability"
+                                                   and m.payload == b"online"], timeout=30)
+        for device in speakers:
+            probe.publish(f"{B}/{device}/say", {"text": f"slow head of the {device} speaker, holding on", "id": f"{device}-head"})
+            probe.wait_event(f"{B}/{device}/event", id=f"{device}-head", event="started")
+            probe.publish(f"{B}/{device}/say", {"text": f"only for the {device}", "id": f"{device}-q"})
+            probe.wait_event(f"{B}/{device}/event", id=f"{device}-q", event="queued")
+        for proc in running.values():
+            proc.kill()
+    finally:
+        for proc in running.values():
+            proc.stop()
+    assert sorted(p.name for p in (tmp_path / "state").glob("queue-*.json")) == sorted([f"queue-{D}.json", "queue-hall.json"])
+    fake_coze.chunk_delay = 0
+    again = DaemonProcess(kitchen)
+    try:
+        online(probe, count=2)
+        assert probe.wait_event(f"{B}/{D}/event", id=f"{D}-q", event="finished", timeout=60)
+        assert probe.wait_event(f"{B}/{D}/event", id=f"{D}-head", event="finished", timeout=60)
+        assert [e for e in probe.events(f"{B}/{D}/event") if e["id"].startswith("hall")] == []
+    finally:
+        again.stop()

@@ -39,3 +39,15 @@ def test_unwritable_journal_warns_once(tmp_path, caplog):
     journal.write([Announcement(text="a", id="1")])
     journal.write([Announcement(text="b", id="2")])
     assert sum("queue journal" in r.message for r in caplog.records) == 1
+
+
+def test_state_files_are_per_device_and_an_old_journal_is_taken_over(tmp_path):
+    from coze_speaker.queue.state import StateStore, device_file
+
+    (tmp_path / "queue.json").write_text("[]")
+    assert device_file(tmp_path, "queue", "kitchen") == tmp_path / "queue-kitchen.json"
+    assert (tmp_path / "queue-kitchen.json").read_text() == "[]" and not (tmp_path / "queue.json").exists()
+    assert device_file(tmp_path, "queue", "hall") == tmp_path / "queue-hall.json"  # nothing left to take over
+    StateStore(tmp_path, "kitchen").save("volume", 40)
+    StateStore(tmp_path, "hall").save("volume", 70)
+    assert StateStore(tmp_path, "kitchen").load("volume") == 40 and StateStore(tmp_path, "hall").load("volume") == 70

@@ -22,7 +22,7 @@ from ..queue.announcement import Announcement
 from ..queue.events import AnnouncementEvent
 from ..queue.journal import Journal
 from ..queue.policy import QueueSettings
-from ..queue.state import StateStore
+from ..queue.state import StateStore, device_file
 from ..queue.worker import Announcer
 from ..sound.players import Player
 from ..voice.costguard import CostGuard
@@ -95,7 +95,8 @@ class Daemon:
         voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True)
         try:
             sound = build_sound(config, rate=rate, player=self._player_override, device_retries=False)
-            store = StateStore(config.state.dir)
+            device = config.mqtt.device_id
+            store = StateStore(config.state.dir, device)
             saved = store.load("volume")
             volume = saved if isinstance(saved, int) and 0 <= saved <= 100 else config.audio.volume
             front: Optional[MqttFrontEnd] = None
@@ -106,7 +107,8 @@ class Daemon:
 
             worker = Announcer(voice.source, sound.speaker, sink, requests=voice.requests, chimes=sound.chimes,
                                settings=QueueSettings.from_config(config), volume=volume,
-                               journal=Journal(config.state.dir / "queue.json"), volume_store=store)
+                               journal=Journal(device_file(config.state.dir, "queue", device)),
+                               volume_store=store)
             front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set)
         except BaseException:
             voice.close()

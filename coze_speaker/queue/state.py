@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,23 +13,46 @@ from ..fsutil import atomic_write
 log = logging.getLogger(__name__)
 
 
-class StateStore:
-    """A JSON file per key under the state dir; a broken or missing file reads as None."""
+def device_file(directory: Path, name: str, device: Optional[str]) -> Path:
+    """`<dir>/<name>-<device>.json`: two speakers on one machine sharing the default state dir
+    keep their own journal and volume. A file from before there was a device id in the name
+    (`<name>.json`) is taken over once, so an upgrade keeps what was queued."""
+    directory = Path(directory)
+    if not device:
+        return directory / f"{name}.json"
+    path = directory / f"{name}-{device}.json"
+    legacy = directory / f"{name}.json"
+    if legacy.exists() and not path.exists():
+        try:
+            os.replace(legacy, path)
+            log.info("moved %s to %s (state files are per device id now)", legacy, path)
+        except OSError as exc:
+            log.warning("cannot move %s to %s: %s", legacy, path, exc)
+    return path
 
-    def __init__(self, directory: Path) -> None:
+
+class StateStore:
+    """A JSON file per key under the state dir (per device id); a broken or missing file reads as None."""
+
+    def __init__(self, directory: Path, device: Optional[str] = None) -> None:
         self.dir = Path(directory)
+        self.device = device
+
+    def path(self, name: str) -> Path:
+        return device_file(self.dir, name, self.device)
 
     def load(self, name: str) -> Optional[Any]:
+        path = self.path(name)
         try:
-            return json.loads((self.dir / f"{name}.json").read_text("utf-8"))
+            return json.loads(path.read_text("utf-8"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable state file %s: %s", self.dir / f"{name}.json", exc)
+            log.warning("ignoring unreadable state file %s: %s", path, exc)
             return None
 
     def save(self, name: str, value: Any) -> bool:
-        path = self.dir / f"{name}.json"
+        path = self.path(name)
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             # durable: saved rarely (a volume change) and expected to survive a power cut
