@@ -487,3 +487,35 @@ def test_two_speakers_on_one_machine_keep_their_own_journal(tmp_path, fake_coze,
         assert [e for e in probe.events(f"{B}/{D}/event") if e["id"].startswith("hall")] == []
     finally:
         again.stop()
+
+
+def test_children_get_a_minimal_environment(start_daemon, probe, tmp_path, monkeypatch):
+    """aplay and espeak-ng never see a token or password taken from the environment."""
+    from coze_speaker.sound.players import AplayPlayer
+    from coze_speaker.voice.fallback import EspeakFallback
+
+    monkeypatch.setenv("COZE_API_TOKEN", TOKEN)
+    monkeypatch.setenv("MQTT_PASSWORD", "mqtt-secret-value")
+    seen = tmp_path / "child-env.json"
+    fake = tmp_path / "fake-child"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import io, json, os, sys, wave\n"
+        f"open({str(seen)!r}, 'a').write(json.dumps(dict(os.environ)) + '\\n')\n"
+        "data = sys.stdin.buffer.read()\n"
+        "if '--stdout' in sys.argv:\n"
+        "    buf = io.BytesIO(); w = wave.open(buf, 'wb'); w.setnchannels(1); w.setsampwidth(2)\n"
+        "    w.setframerate(22050); w.writeframes(b'\\x10\\x00' * 2205); w.close()\n"
+        "    sys.stdout.buffer.write(buf.getvalue())\n")
+    fake.chmod(0o755)
+    r = start_daemon(coze={"token": "${COZE_API_TOKEN}"})
+    r.daemon.speaker.player = AplayPlayer("default", aplay=str(fake), retries=1)
+    probe.publish(SAY, {"text": "who can see my token", "id": "env"})
+    assert probe.wait_event(EVENT, id="env", event="finished", timeout=30)
+    assert EspeakFallback(binary=str(fake)).synthesize("hello", 24000)
+    envs = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(envs) == 2
+    for env in envs:
+        assert "COZE_API_TOKEN" not in env and "MQTT_PASSWORD" not in env
+        assert TOKEN not in json.dumps(env) and "mqtt-secret-value" not in json.dumps(env)
+        assert env.get("PATH") and env.get("ALSA_CONFIG_PATH")  # what a child needs is still there

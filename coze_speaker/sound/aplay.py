@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Iterable, List, Optional
 
+from ..childenv import child_environment
 from .player import (_END, _POLL, FAILED, MISSING, Player, PlayerError, _check_rate, _Failure, _Source,
                      _Stopped, classify_error, device_error_message)
 
@@ -177,6 +178,7 @@ class AplayPlayer(Player):
                 stdout=subprocess.DEVNULL,
                 stderr=errfile,  # a file, not a pipe: a chatty child can never block on it
                 close_fds=True,
+                env=child_environment(),  # no secrets from our environment
             )
         except FileNotFoundError:
             raise PlayerError(f"aplay not found: '{self.aplay}' (install alsa-utils)", MISSING) from None

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Union
 
+from ..childenv import child_environment
 from ..vocabulary import DEFAULT_PLAY_RATE, SAMPLE_RATES
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _run(cmd: List[str], timeout: float) -> Tuple[Optional[int], str, str]:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True
+                    cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, close_fds=True, env=child_environment()
                 )
             except OSError as exc:
                 log.debug("cannot run %s: %s", cmd[0], exc)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from typing import Optional
 
+from ..childenv import child_environment
 from ..sound import wav
 from ..sound.shaping import resample
 
@@ -43,7 +44,7 @@ class EspeakFallback:
             cmd += ["-v", self.voice]
         try:
             proc = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True,
-                                  timeout=ESPEAK_TIMEOUT, check=False)
+                                  timeout=ESPEAK_TIMEOUT, check=False, env=child_environment())
         except FileNotFoundError:
             raise FallbackError(f"{self.binary} is not installed (apt-get install espeak-ng)") from None
         except subprocess.TimeoutExpired:
