@@ -44,6 +44,21 @@ def hold_the_queue(probe, count):
         probe.wait_event(EVENT, id=f"q{n}", event="queued")
 
 
+def stop_with_a_held_queue(path, probe, fake_coze, count, sig=signal.SIGKILL) -> int:
+    """Run the daemon, let "head" play slowly with `count` queued behind it, end it with `sig`
+    (returns its exit status); the fake then streams at full speed for the restart."""
+    slow_audio(fake_coze)
+    first = DaemonProcess(path)
+    try:
+        online(probe)
+        hold_the_queue(probe, count)
+        status = first.kill(sig)
+    finally:
+        first.stop()
+    fake_coze.chunk_delay = 0
+    return status
+
+
 class DaemonProcess:
     """`coze-speaker run` as a real process (for kills and resource limits)."""
 
@@ -177,15 +192,7 @@ def test_broker_killed_mid_announcement(start_daemon, probe, broker, fake_coze, 
 
 def test_sigkill_with_five_queued_then_restart_plays_them(tmp_path, fake_coze, broker, probe, alsa_sink):
     path = write_config(tmp_path, fake_coze, broker)
-    slow_audio(fake_coze)
-    first = DaemonProcess(path)
-    try:
-        online(probe)
-        hold_the_queue(probe, 5)
-        first.kill()
-    finally:
-        first.stop()
-    fake_coze.chunk_delay = 0
+    stop_with_a_held_queue(path, probe, fake_coze, 5)
     second = DaemonProcess(path)
     try:
         online(probe, count=2)
@@ -383,15 +390,7 @@ def test_a_retained_stop_does_not_empty_the_queue_restored_after_a_crash(tmp_pat
     probe.publish(f"{B}/{D}/stop", "all", retain=True)
     probe.publish(f"{B}/{D}/volume/set", "5", retain=True)
     path = write_config(tmp_path, fake_coze, broker)
-    slow_audio(fake_coze)
-    first = DaemonProcess(path)
-    try:
-        online(probe)
-        hold_the_queue(probe, 2)
-        first.kill()
-    finally:
-        first.stop()
-    fake_coze.chunk_delay = 0
+    stop_with_a_held_queue(path, probe, fake_coze, 2)
     second = DaemonProcess(path)
     try:
         online(probe, count=2)

@@ -115,20 +115,12 @@ def test_fake_pcm_is_what_the_sink_plays():  # guards the helper the tests above
 def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_coze, broker, probe, alsa_sink):
     """systemctl restart while something plays: the queued ones, and the one that was playing,
     are spoken after the restart; no event claims they ended."""
-    from test_faults import DaemonProcess, hold_the_queue, online
+    from test_faults import DaemonProcess, online, stop_with_a_held_queue
 
     path = write_config(tmp_path, fake_coze, broker)
-    slow_audio(fake_coze)
-    first = DaemonProcess(path)
-    try:
-        online(probe)
-        hold_the_queue(probe, 3)
-        assert first.kill(signal.SIGTERM) == 0
-    finally:
-        first.stop()
+    assert stop_with_a_held_queue(path, probe, fake_coze, 3, signal.SIGTERM) == 0
     finals = {"finished", "failed", "expired", "dropped", "interrupted"}
     assert [e for e in probe.events(EVENT) if e["event"] in finals] == []
-    fake_coze.chunk_delay = 0
     second = DaemonProcess(path)
     try:
         online(probe, count=2)

@@ -17,14 +17,16 @@ from typing import List, Optional
 from .. import __version__, sdnotify
 from ..config import Config, ConfigError, load_config
 from ..errors import SpeakerError
+from ..mqtt.bridge import MqttBridge
 from ..mqtt.frontend import MqttFrontEnd
 from ..queue.announcement import Announcement
-from ..queue.events import AnnouncementEvent
+from ..queue.events import AnnouncementEvent, QueueEvent
 from ..queue.journal import Journal
 from ..queue.policy import QueueSettings
 from ..queue.state import StateStore, device_file
 from ..queue.worker import Announcer
 from ..sound.players import Player
+from ..sound.speaker import Speaker
 from ..voice.costguard import CostGuard
 from .wiring import Sound, Voice, build_sound, build_voice, play_rate
 
@@ -71,10 +73,8 @@ class Daemon:
     def worker(self) -> Announcer:
         return self.parts.worker
 
-    announcer = worker
-
     @property
-    def speaker(self):  # type: ignore[no-untyped-def]
+    def speaker(self) -> Speaker:
         return self.parts.sound.speaker
 
     @property
@@ -82,12 +82,8 @@ class Daemon:
         return self.parts.sound.player
 
     @property
-    def bridge(self):  # type: ignore[no-untyped-def]
+    def bridge(self) -> MqttBridge:
         return self.parts.front.bridge
-
-    @property
-    def cache(self):  # type: ignore[no-untyped-def]
-        return self.parts.voice.cache
 
     def _build(self, config: Config, guard: Optional[CostGuard] = None) -> Parts:
         """Every part for this config, nothing started; on failure nothing is left open."""
@@ -101,7 +97,7 @@ class Daemon:
             volume = saved if isinstance(saved, int) and 0 <= saved <= 100 else config.audio.volume
             front: Optional[MqttFrontEnd] = None
 
-            def sink(event):  # type: ignore[no-untyped-def]
+            def sink(event: QueueEvent) -> None:  # the front end is built next, with the worker
                 if front is not None:
                     front.sink(event)
 

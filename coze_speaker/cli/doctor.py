@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from ..coze import CozeClient
 
 Check = Tuple[bool, str, str]  # ok, what was found, how to fix it
 
@@ -38,7 +41,7 @@ def _print(results: List[Check], out) -> None:
             print(f"    fix: {fix}", file=out)
 
 
-def _client(config: Config):  # type: ignore[no-untyped-def]
+def _client(config: Config) -> "Optional[CozeClient]":
     from ..app.wiring import coze_client
 
     return coze_client(config)

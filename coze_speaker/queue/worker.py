@@ -73,8 +73,6 @@ class Announcer:
         self._prefetch_wanted = False
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
-        #: the worker finished an announcement or waited idle at this monotonic time (watchdog)
-        self.heartbeat = clock()
         self.last_text: Optional[str] = None
 
     @property
@@ -165,7 +163,6 @@ class Announcer:
 
     def start(self) -> None:
         self._running = True
-        self.heartbeat = self._clock()
         self._thread = threading.Thread(target=self._run, name="coze-speaker-player", daemon=True)
         self._thread.start()
         self._keeper = threading.Thread(target=self._keep, name="coze-speaker-queue", daemon=True)
@@ -226,7 +223,6 @@ class Announcer:
             self.persist()  # it leaves the journal before its final event goes out
         self._close(item)
         self._event(ann, kind, **fields)
-        self.heartbeat = self._clock()
         self._changed()
         return True
 
@@ -236,7 +232,6 @@ class Announcer:
                 ann = self.policy.next_to_play()
                 if ann is not None:
                     return ann
-                self.heartbeat = self._clock()
                 self._lock.wait(timeout=self.policy.next_deadline_in(cap=5.0))
             return None
 

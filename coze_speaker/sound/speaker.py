@@ -66,7 +66,3 @@ class Speaker:
             unregister()
         return PlayResult(played=bool(played) and not token.cancelled,
                           first_audio=first[0] if first else None, duration=time.monotonic() - started)
-
-    def stop(self) -> None:
-        """Silence the device now (from any thread)."""
-        self.player.stop()

@@ -125,9 +125,6 @@ class OpenSpeech:
         self._chunks.put(_END)
         self._unregister()
 
-    # kept for callers that say cancel
-    cancel = close
-
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
