@@ -171,10 +171,10 @@ def test_priority_order_and_interrupt(start_daemon, probe, fake_coze):
         probe.publish(SAY, {"text": f"priority {prio}", "id": pid, "priority": prio})
         probe.wait_event(EVENT, id=pid, event="queued")
     probe.publish(SAY, {"text": "Smoke detected", "id": "crit", "priority": "critical"})
-    assert "crit" in probe.wait_event(EVENT, id="first", event="interrupted")["reason"]
+    assert "crit" in probe.wait_event(EVENT, id="first", event="requeued")["reason"]
     probe.wait_event(EVENT, id="low", event="finished", timeout=30)
     started = [e["id"] for e in probe.events(EVENT, event="started")]
-    assert started == ["first", "crit", "high", "normal", "low"]
+    assert started == ["first", "crit", "first", "high", "normal", "low"]  # the cut-off one goes on first
 
 
 def test_expired_item_is_not_played(start_daemon, probe, fake_coze):
@@ -397,8 +397,8 @@ def test_interrupt_flag_plays_now(start_daemon, probe, fake_coze):
     probe.wait_event(EVENT, id="h", event="queued")
     probe.publish(SAY, {"text": "now please", "id": "now", "interrupt": True})
     probe.wait_event(EVENT, id="h", event="finished", timeout=30)
-    assert [e["id"] for e in probe.events(EVENT, event="started")] == ["a", "now", "h"]
-    assert probe.events(EVENT, id="a", event="interrupted")
+    assert [e["id"] for e in probe.events(EVENT, event="started")] == ["a", "now", "a", "h"]
+    assert probe.events(EVENT, id="a", event="requeued")
 
 
 def test_quiet_hours_hold_low_priority_and_lower_the_volume(start_daemon, probe, alsa_sink):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: How long a reload waits for the new broker connection before handing over the queue.
 HANDOVER_WAIT = 5.0
+#: How long a reload lets the announcement that plays finish; a longer one is cut off and
+#: queued again under the new config.
+RELOAD_FINISH_LIMIT = 120.0
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Daemon:
         self._wake = threading.Event()
         self.parts = self._build(config)
         self._started = False
+        self._stuck_reported = False
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -149,10 +154,22 @@ class Daemon:
             if not ready and self.parts.front.connected.is_set():
                 ready = True
                 sdnotify.notify("READY=1")
-            if interval and self.parts.worker.alive:
-                sdnotify.notify("WATCHDOG=1")
+            self._watchdog(interval)
         self.shutdown()
         return 0
+
+    def _watchdog(self, interval: Optional[float]) -> None:
+        """Ping systemd while the worker makes progress; once it is stuck (a thread that exists
+        but moves nothing), ask for the restart at once: the journal keeps the queue."""
+        if not interval:
+            return
+        if self.parts.worker.healthy():
+            self._stuck_reported = False
+            sdnotify.notify("WATCHDOG=1")
+        elif not self._stuck_reported:
+            self._stuck_reported = True
+            log.error("the announcement worker has made no progress; asking systemd for a restart")
+            sdnotify.notify("WATCHDOG=trigger")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -185,13 +202,16 @@ class Daemon:
             config = load_config(source)
         except ConfigError as exc:
             log.error("config reload failed, keeping the running config:\n%s", exc)
+            sdnotify.notify(_status("reload failed, running on the previous config: " + str(exc)))
             return
         log.info("reloading the config from %s", source)
         try:  # the new parts first: a config that cannot be applied changes nothing
             new = self._build(config, guard=old.voice.guard)
         except (SpeakerError, OSError, ValueError) as exc:
             log.error("the new config cannot be applied, keeping the running config: %s", exc)
+            sdnotify.notify(_status(f"reload failed, running on the previous config: {exc}"))
             return
+        self._let_it_finish(old.worker)
         pending: List[Announcement] = old.worker.shutdown()
         old.front.stop(offline=False)
         old.voice.close()
@@ -204,3 +224,19 @@ class Daemon:
         for ann in pending:
             new.worker.submit(ann)
         new.worker.persist()
+        sdnotify.notify("STATUS=config reloaded")
+
+    def _let_it_finish(self, worker: Announcer) -> None:
+        """What plays finishes under the old config (bounded; a stop signal cuts it short and it
+        is queued again); nothing new starts meanwhile, new messages still queue."""
+        interval = sdnotify.watchdog_interval()
+        limit = time.monotonic() + RELOAD_FINISH_LIMIT
+        while not worker.finish_current(timeout=min(interval or 1.0, 1.0)):
+            self._watchdog(interval)
+            if self._stop.is_set() or time.monotonic() > limit:
+                return
+
+
+def _status(text: str) -> str:
+    """A STATUS= line for `systemctl status` (one line, bounded)."""
+    return "STATUS=" + " ".join(text.split())[:200]

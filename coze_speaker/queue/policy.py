@@ -27,13 +27,15 @@ class QueueSettings:
     quiet_end: Optional[_dt.time] = None
     quiet_volume: int = 30
     quiet_min_priority: str = "high"
+    resume_interrupted: bool = True
 
     @classmethod
     def from_config(cls, config: Any) -> "QueueSettings":
         q, qh = config.queue, config.quiet_hours
         if qh is None:
-            return cls(q.max_length, q.ttl, q.dedup_seconds)
-        return cls(q.max_length, q.ttl, q.dedup_seconds, qh.start, qh.end, qh.volume, qh.min_priority)
+            return cls(q.max_length, q.ttl, q.dedup_seconds, resume_interrupted=q.resume_interrupted)
+        return cls(q.max_length, q.ttl, q.dedup_seconds, qh.start, qh.end, qh.volume, qh.min_priority,
+                   resume_interrupted=q.resume_interrupted)
 
     def quiet(self, now: _dt.datetime) -> bool:
         if self.quiet_start is None or self.quiet_end is None:
@@ -59,10 +61,12 @@ class Admission:
 class _Entry:
     announcement: Announcement
     seq: int
+    #: cut off by an urgent one: it had the floor, so it goes on before the others wait
+    resumed: bool = False
 
-    def sort_key(self) -> Tuple[bool, int, int]:
-        """Urgent first (critical before interrupt), then priority, then arrival."""
-        return (not self.announcement.urgent, -self.announcement.rank, self.seq)
+    def sort_key(self) -> Tuple[bool, bool, int, int]:
+        """Urgent first (critical before interrupt), then a resumed one, then priority, then arrival."""
+        return (not self.announcement.urgent, not self.resumed, -self.announcement.rank, self.seq)
 
 
 @dataclass
@@ -151,11 +155,12 @@ class QueuePolicy:
         ended, self.playing = self.playing, None
         return ended
 
-    def requeue(self, ann: Announcement) -> None:
-        """Put an announcement back in its place (it keeps its deadline)."""
+    def requeue(self, ann: Announcement, *, resume: bool = False) -> None:
+        """Put an announcement back (it keeps its deadline): in arrival order, or, to `resume`
+        one an urgent announcement cut off, right after the urgent ones."""
         if self.playing is not None and self.playing.id == ann.id:
             self.playing = None
-        self._waiting.append(_Entry(ann, next(self._seq)))
+        self._waiting.append(_Entry(ann, next(self._seq), resumed=resume))
         self._waiting.sort(key=_Entry.sort_key)
 
     def clear(self) -> List[Announcement]:

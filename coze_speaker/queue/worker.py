@@ -13,10 +13,9 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..cancel import CancelToken
-from ..coze import CozeError
 from ..errors import SpeakerError, error_fields
 from ..sound.player import PlayerError
 from ..sound.shaping import Chimes
@@ -36,6 +35,14 @@ DEVICE_RETRY_BASE = 1.0
 DEVICE_RETRY_MAX = 10.0
 #: Cancel reasons that are not the announcement's fault: it stays in the journal.
 SHUTDOWN = "shutdown"
+#: Cancel reason when the deadline passed before the first sound: it ends `expired`.
+EXPIRED = "expired"
+#: Cancel reason prefix of an urgent announcement cutting off the one that plays.
+INTERRUPTED_BY = "interrupted by "
+#: The worker counts as stuck (the systemd watchdog stops trusting it) when it holds an
+#: announcement and nothing moved for this long: no audio chunk, no retry, and (before the
+#: first sound) this long past the announcement's deadline, which should have ended it.
+STALL_SECONDS = 60.0
 
 
 @dataclass
@@ -46,6 +53,8 @@ class _Item:
     chime: Optional[bytes]
     token: CancelToken
     speech: Optional[OpenSpeech] = field(default=None, repr=False)
+    #: False once a `stop` reached it: an interrupted announcement is then not played again
+    resume: bool = True
 
 
 class Announcer:
@@ -71,6 +80,9 @@ class Announcer:
         self._items: Dict[str, _Item] = {}
         self._running = False
         self._prefetch_wanted = False
+        self._draining = False
+        #: monotonic time after which the worker counts as stuck; None while idle
+        self._stuck_after: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
         self.last_text: Optional[str] = None
@@ -107,7 +119,7 @@ class Announcer:
                 self._event(ann, "queued")
                 playing = self.policy.playing
                 if admission.interrupt and playing is not None:
-                    self._items[playing.id].token.cancel(f"interrupted by {ann.id}")
+                    self._items[playing.id].token.cancel(INTERRUPTED_BY + ann.id)
             self._lock.notify_all()
         if not admission.accepted:
             self._event(ann, "expired" if admission.reason == "expired" else "dropped",
@@ -128,7 +140,10 @@ class Announcer:
             cleared = self.policy.clear() if clear else []
             items = [self._items.pop(a.id) for a in cleared if a.id in self._items]
             playing = self.policy.playing
-            token = self._items[playing.id].token if playing is not None and playing.id in self._items else None
+            current = self._items.get(playing.id) if playing is not None else None
+            token = current.token if current is not None else None
+            if current is not None:
+                current.resume = False  # an explicit stop: never played again
             if cleared:
                 self.persist()
         for ann in cleared:
@@ -192,11 +207,38 @@ class Announcer:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def healthy(self) -> bool:
+        """The worker thread exists and is making progress (what the systemd watchdog checks)."""
+        stuck_after = self._stuck_after
+        return self.alive and (stuck_after is None or time.monotonic() <= stuck_after)
+
+    def _progress(self, deadline: Optional[float] = None) -> None:
+        """Something moved; `deadline` (the clock's time) extends the allowance before first sound."""
+        now = time.monotonic()
+        allowance = STALL_SECONDS
+        if deadline is not None:
+            allowance += max(0.0, deadline - self._clock())
+        self._stuck_after = now + allowance
+
+    def finish_current(self, timeout: float) -> bool:
+        """Start no new announcement, and wait up to `timeout` s for the one playing to end
+        (a reload lets it finish). True once nothing plays."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            self._draining = True
+            while self.policy.playing is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(left)
+            return True
+
     def _run(self) -> None:
         while True:
             ann = self._next()
             if ann is None:
                 return
+            self._progress(ann.deadline)
             try:
                 if not self._one(ann):
                     return
@@ -206,6 +248,8 @@ class Announcer:
                     if self.policy.playing is not None and self.policy.playing.id == ann.id:
                         self.policy.done()
                     self._items.pop(ann.id, None)
+            finally:
+                self._stuck_after = None
 
     def _one(self, ann: Announcement) -> bool:
         """Play one announcement and report how it ended; False at shutdown."""
@@ -218,18 +262,32 @@ class Announcer:
         if item.token.reason == SHUTDOWN:
             return False  # it stays in the journal and plays again after the restart
         with self._lock:
-            self.policy.done()
-            self._items.pop(ann.id, None)
+            resume = kind == "interrupted" and self._resumable(item)
+            if resume:  # from its start, right after the one that cut it off; same deadline
+                self.policy.requeue(ann, resume=True)
+                self._items[ann.id] = _Item(item.request, item.chime, CancelToken(ann.deadline, clock=self._clock))
+            else:
+                self.policy.done()
+                self._items.pop(ann.id, None)
             self.persist()  # it leaves the journal before its final event goes out
+            self._lock.notify_all()
         self._close(item)
-        self._event(ann, kind, **fields)
+        if resume:
+            self._event(ann, "requeued", reason=item.token.reason)
+        else:
+            self._event(ann, kind, **fields)
         self._changed()
         return True
+
+    def _resumable(self, item: _Item) -> bool:
+        """Cut off by an urgent announcement (not stopped), and the config wants it back."""
+        reason = item.token.reason or ""
+        return self.settings.resume_interrupted and item.resume and reason.startswith(INTERRUPTED_BY)
 
     def _next(self) -> Optional[Announcement]:
         with self._lock:
             while self._running:
-                ann = self.policy.next_to_play()
+                ann = None if self._draining else self.policy.next_to_play()
                 if ann is not None:
                     return ann
                 self._lock.wait(timeout=self.policy.next_deadline_in(cap=5.0))
@@ -280,36 +338,60 @@ class Announcer:
         self.last_text = ann.text
         self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
         token = item.token
+        disarm = _expire_at_deadline(token)
+        try:
+            return self._attempts(ann, item, volume, disarm)
+        finally:
+            disarm()
+
+    def _attempts(self, ann: Announcement, item: _Item, volume: int,
+                  disarm: Callable[[], None]) -> Tuple[str, Dict[str, Any]]:
+        """Synthesize and play, trying a busy or missing device again while the TTL allows."""
+        token = item.token
         attempt = 0
         calls = 0
+
+        def audible() -> None:
+            disarm()  # it started in time: it plays to its end
+            self._audible()
+
+        def cut_short(fields: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+            if token.reason == EXPIRED:
+                return "expired", dict(fields, reason="ttl")
+            return "interrupted", dict(fields, reason=token.reason or "stopped")
+
         while True:
             if token.expired():
                 return "expired", {"reason": "ttl", "api_calls": calls}
             speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
             item.speech = None
             try:
-                result, cached = self._rounds(ann, item, speech, volume)
+                result, cached = self._rounds(ann, item, speech, volume, audible)
                 calls += speech.api_calls
                 break
-            except CozeError as exc:
-                return "failed", {"error": error_fields(exc), "api_calls": calls + speech.api_calls}
             except PlayerError as exc:
                 calls += speech.api_calls
                 speech.close()
+                if token.cancelled:
+                    return cut_short({"api_calls": calls})
                 attempt += 1
                 delay = min(DEVICE_RETRY_MAX, DEVICE_RETRY_BASE * 2 ** (attempt - 1))
                 left = token.remaining()
-                if left is None or left < delay or token.cancelled:
+                if left is None or left < delay:
                     return "failed", {"error": error_fields(exc), "api_calls": calls}
                 log.warning("%s; trying again in %.0f s (until the announcement expires)", exc, delay)
+                self._progress(self._clock() + delay)  # the wait is progress too
                 if token.wait(delay):
-                    return "interrupted", {"reason": token.reason or "stopped", "api_calls": calls}
-            except SpeakerError as exc:
+                    return cut_short({"api_calls": calls})
+                self._progress()
+            except SpeakerError as exc:  # CozeError and the others: final for this announcement
+                if token.cancelled:
+                    return cut_short({"api_calls": calls + speech.api_calls})
                 return "failed", {"error": error_fields(exc), "api_calls": calls + speech.api_calls}
         if not result.played:
             if token.expired() and not token.cancelled:
                 return "expired", {"reason": "ttl", "cached": cached, "api_calls": calls}
-            return "interrupted", {"reason": token.reason or "stopped", "cached": cached, "api_calls": calls}
+            return cut_short({"cached": cached, "api_calls": calls})
         fields: Dict[str, Any] = {"cached": cached, "api_calls": calls, "duration_ms": int(result.duration * 1000)}
         if result.first_audio is not None and ann.received:
             fields["latency_ms"] = max(0, int(round((result.first_audio - ann.received) * 1000)))
@@ -318,18 +400,19 @@ class Announcer:
                           error=error_fields(speech.fallback_reason))
         return "finished", fields
 
-    def _rounds(self, ann: Announcement, item: _Item, speech: OpenSpeech,
-                volume: int) -> Tuple[PlayResult, bool]:
+    def _rounds(self, ann: Announcement, item: _Item, speech: OpenSpeech, volume: int,
+                audible: Callable[[], None]) -> Tuple[PlayResult, bool]:
         """Play the speech `repeat` times. The first round is recorded while it is short
         (at most the read-ahead bound); a longer one is opened again from the source (the
         cache by then) for each repeat, so memory stays bounded."""
         token = item.token
         recording: Optional[List[bytes]] = [] if ann.repeat > 1 else None
 
-        def recorded(chunks: OpenSpeech) -> Iterator[bytes]:
+        def recorded(chunks: Iterable[bytes]) -> Iterator[bytes]:
             nonlocal recording
             size = 0
             for chunk in chunks:
+                self._progress()
                 if recording is not None:
                     size += len(chunk)
                     if size > MAX_AHEAD_BYTES:
@@ -351,8 +434,9 @@ class Announcer:
                 else:
                     again = self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
                     chunks = again
+                self._progress()
                 result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime,
-                                           after_first_audio=self._audible if round_no == 0 else None)
+                                           after_first_audio=audible if round_no == 0 else None)
                 if round_no == 0:
                     total.first_audio = result.first_audio
                 elif isinstance(chunks, OpenSpeech):
@@ -394,3 +478,17 @@ class Announcer:
             self.sink(StateChanged())
         except Exception:
             log.exception("could not report a state change")
+
+
+def _expire_at_deadline(token: CancelToken) -> Callable[[], None]:
+    """Cancel `token` (reason EXPIRED) when its deadline passes before the first sound, so a
+    hung synthesis or a slow retry can never play an announcement late. Returns the disarm
+    function: once audio has started, the announcement plays to its end."""
+    left = token.remaining()
+    if left is None:
+        return lambda: None
+    timer = threading.Timer(max(0.0, left), token.cancel, args=(EXPIRED,))
+    timer.name = "coze-speaker-deadline"
+    timer.daemon = True
+    timer.start()
+    return timer.cancel
