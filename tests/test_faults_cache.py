@@ -1,4 +1,4 @@
-"""Fault suite, phrase cache: damage that keeps an entry's size.
+"""Fault suite, phrase cache: its directory deleted while running, damage that keeps an entry's size.
 
 Real mosquitto, the fake Coze over real HTTP, real aplay into the ALSA file sink; every
 Coze request is counted at the fake.
@@ -7,6 +7,7 @@ Coze request is counted at the fake.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,30 @@ def zero_the_middle(path: Path, n: int = 4096) -> None:
         f.seek(start)
         f.write(bytes(n))
     assert path.stat().st_size == size
+
+
+# -- the cache directory deleted while running ---------------------------------------------
+
+
+def test_deleting_the_cache_dir_while_running_caches_again(start_daemon, probe, fake_coze, alsa_sink, tmp_path):
+    cache_dir = tmp_path / "cache"  # where write_config puts it
+    start_daemon()
+    text = "The washing machine has finished."
+    assert speak(probe, text, "a1")["cached"] is False
+    assert speak(probe, text, "a2")["cached"] is True
+    assert len(fake_coze.requests_to(SPEECH)) == 1
+
+    shutil.rmtree(cache_dir)  # `rm -rf` by a user freeing space, or a cleanup script
+
+    assert speak(probe, text, "a3")["cached"] is False  # gone, so paid for once more…
+    assert len(fake_coze.requests_to(SPEECH)) == 2
+    assert speak(probe, text, "a4")["cached"] is True  # …and cached again
+    assert speak(probe, text, "a5")["cached"] is True
+    assert len(fake_coze.requests_to(SPEECH)) == 2, "every repeat after the deletion was paid for again"
+    assert len(entry_files(cache_dir)) == 1 and (cache_dir / "index.sqlite3").exists()
+    assert oct(cache_dir.stat().st_mode & 0o777) == oct(0o700)
+    audio = pcm(text)
+    assert alsa_sink.wait_for(5 * len(audio)).count(audio) == 5
 
 
 # -- damage that keeps an entry's size -----------------------------------------------------
@@ -101,3 +126,29 @@ def test_cache_verify_reports_and_removes_a_zeroed_entry(tmp_path, fake_coze, br
     done = run_cli(config, "cache", "verify")
     assert done.stdout.strip() == "checked 3 entries, removed 0 broken"
 
+
+def test_a_writer_recreates_a_deleted_cache_directory(tmp_path, caplog):
+    """The first thing to touch the directory after the deletion may be a writer, not a lookup."""
+    from coze_speaker.cache import PhraseCache
+
+    directory = tmp_path / "cache"
+    cache = PhraseCache(directory, 10**9)
+    first, second = "1" * 64, "2" * 64
+    audio = pcm("first phrase")
+    with cache.writer(first, 24000) as w:
+        w.write(audio)
+        assert w.commit() is not None
+    shutil.rmtree(directory)
+
+    with cache.writer(second, 24000) as w:
+        w.write(audio)
+        assert w.commit() is not None, "the writer must create the directory again"
+    assert [m for m in caplog.messages if "created it again" in m]
+    assert not [m for m in caplog.messages if "disabled" in m]
+    entry = cache.lookup(second)
+    assert entry is not None and b"".join(cache.read(entry)) == audio
+    assert cache.lookup(first) is None
+    stats = cache.stats()
+    assert (stats.entries, stats.bytes) == (1, entry.size)
+    assert (directory / "index.sqlite3").exists() and oct(directory.stat().st_mode & 0o777) == oct(0o700)
+    cache.close()

@@ -15,6 +15,9 @@ SIGKILL or a power cut in the middle of a write cannot leave truncated audio und
 name; ``lookup`` also checks the header against the file size and the samples against their
 checksum before trusting an entry, so damage that kept the size never plays either.
 
+The directory is created again when it is deleted while in use (by the index when it
+reconnects, by the next writer's temp file), so caching resumes by itself.
+
 Two processes (the daemon and the CLI) may share a directory: sqlite does the locking,
 files appear by atomic rename, eviction unlinks the file and then drops its row (a reader
 that already opened the file still reads all of it). Nothing here reads every entry except

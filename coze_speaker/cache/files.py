@@ -60,6 +60,18 @@ def make_private_dir(path: Path) -> bool:
     return bool(missing)
 
 
+def restore_dir(root: Path) -> bool:
+    """Create the cache directory again (0700) when it vanished while in use (``rm -rf`` to
+    free space, a tmpfs remounted); True when it had to. Without this, every later write
+    and the index would fail for good and every repeat would be paid for again."""
+    if os.path.isdir(root):
+        return False
+    created = make_private_dir(root)  # OSError when it cannot be made
+    if created:
+        log.warning("phrase cache directory %s had vanished (deleted while running?); created it again", root)
+    return created
+
+
 def entry_path(root: Path, key: str) -> Path:
     """root/ab/abcd….wav: 256 subdirectories keep each directory small."""
     return root / key[:2] / f"{key}.wav"
@@ -251,6 +263,9 @@ def open_temp(tmp_dir: Path) -> Tuple[str, int]:
         os.mkdir(tmp_dir, 0o700)
     except FileExistsError:
         pass
+    except FileNotFoundError:  # the cache directory itself is gone
+        restore_dir(tmp_dir.parent)
+        make_private_dir(tmp_dir)
     name = os.path.join(tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
     return name, fd

@@ -61,7 +61,9 @@ class PhraseCache:
         except OSError as exc:
             raise CacheError(f"cannot use {self._dir} as the phrase cache: {describe(exc)}") from exc
 
-        self._index = CacheIndex(self._dir / INDEX_NAME, busy_timeout=busy_timeout)
+        # the index re-creates the directory when it was deleted while in use
+        self._index = CacheIndex(self._dir / INDEX_NAME, busy_timeout=busy_timeout,
+                                 restore_dir=lambda: files.restore_dir(self._dir))
         # guards the small state below; never held while waiting for sqlite, so a writer on
         # the audio path never stalls on the index
         self._state_lock = threading.Lock()
