@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator, Union
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_file", "atomic_write", "fsync_dir", "temp_path"]
+__all__ = ["atomic_file", "atomic_write", "check_writable_dir", "fsync_dir", "temp_path"]
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -85,3 +85,14 @@ def atomic_write(path: Union[str, "os.PathLike[str]"], data: bytes, *, durable: 
     """Replace path with data atomically (see :func:`atomic_file`); raises OSError."""
     with atomic_file(path, durable=durable) as fh:
         fh.write(data)
+
+
+def check_writable_dir(path: Union[str, "os.PathLike[str]"]) -> None:
+    """Create directory path (and its parents, 0700) if missing, then replace and remove a probe
+    file in it with :func:`atomic_write`: exactly what the state writers do, so `doctor` can
+    tell before the daemon does that they would fail. Raises OSError."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    probe = directory / f".probe-{os.getpid()}"
+    atomic_write(probe, b"ok", durable=False)
+    os.unlink(probe)

@@ -15,12 +15,13 @@ import textwrap
 import threading
 import time
 import wave
+import zlib
 from pathlib import Path
 
 import pytest
 
 import coze_speaker.cache as cache_module
-from coze_speaker.cache import CacheEntry, CacheError, PhraseCache, cache_key
+from coze_speaker.cache import ENTRY_HEADER_SIZE, CacheEntry, CacheError, PhraseCache, cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "api.coze.cn"
@@ -134,7 +135,7 @@ def test_write_commit_lookup_read_round_trip(tmp_path):
     data = pcm(12345)
     entry = store(cache, key, data, rate=22050)
     assert entry == CacheEntry(key=key, path=directory / key[:2] / f"{key}.wav", rate=22050, frames=12345,
-                               size=44 + len(data))
+                               size=ENTRY_HEADER_SIZE + len(data), crc=zlib.crc32(data))
     assert stat.S_IMODE(entry.path.stat().st_mode) == 0o600
     assert tmp_files(directory) == []
 
@@ -192,7 +193,7 @@ def test_hits_misses_counted_and_persisted(tmp_path):
 
 def test_lru_evicts_least_recently_used(tmp_path):
     clock = Clock(1000.0)
-    size = 44 + 1000
+    size = ENTRY_HEADER_SIZE + 1000
     cache = PhraseCache(tmp_path, 3 * size + 10, clock=clock)
     keys = [key_for(i) for i in range(6)]
     for i in range(3):
@@ -230,7 +231,7 @@ def test_entry_larger_than_the_cache_is_not_stored(tmp_path, caplog):
         assert store(cache, key_for(i), pcm(1000)) is None
     assert not cache.contains(key_for(0)) and tmp_files(tmp_path) == []
     assert len(warnings_with(caplog, "do not fit")) == 1
-    assert store(cache, key_for(3), pcm(400)).size == 844
+    assert store(cache, key_for(3), pcm(400)).size == ENTRY_HEADER_SIZE + 800
 
 
 # -- refusing incomplete audio ----------------------------------------------------------
@@ -282,7 +283,7 @@ def _garbage_header(path: Path) -> None:
 
 
 def _header_only(path: Path) -> None:
-    os.truncate(path, 44)
+    os.truncate(path, ENTRY_HEADER_SIZE)
 
 
 def _stereo(path: Path) -> None:
@@ -318,12 +319,64 @@ def test_verify_finds_and_removes_broken_entries(tmp_path):
     entries = [store(cache, key_for(i), pcm(200, i)) for i in range(5)]
     _truncate(entries[1].path)
     _garbage_header(entries[3].path)
-    checked, removed = cache.verify()
+    checked, removed, _ = cache.verify()
     assert checked == 5
     assert removed == sorted([entries[1].key, entries[3].key])
     assert [e.path.exists() for e in entries] == [True, False, True, False, True]
     assert cache.stats().entries == 3
-    assert cache.verify() == (3, [])
+    assert cache.verify() == (3, [], 0)
+
+
+def _zero_the_middle(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(ENTRY_HEADER_SIZE + (size - ENTRY_HEADER_SIZE) // 2 - 50)
+        f.write(bytes(100))
+    assert path.stat().st_size == size
+
+
+def test_lookup_detects_damage_that_keeps_the_size(tmp_path, caplog):
+    cache = PhraseCache(tmp_path, BIG)
+    entry = store(cache, key_for(1), pcm(1000))
+    _zero_the_middle(entry.path)
+    assert cache.contains(key_for(1))  # the header is whole: contains() stays cheap, lookup() decides
+    assert cache.lookup(key_for(1)) is None
+    assert not entry.path.exists()
+    assert warnings_with(caplog, "checksum mismatch")
+    st = cache.stats()
+    assert (st.entries, st.bytes, st.hits, st.misses) == (0, 0, 0, 1)
+    assert store(cache, key_for(1), pcm(1000)) is not None and cache.lookup(key_for(1)) is not None
+
+
+def test_read_checks_the_checksum_as_it_streams(tmp_path):
+    """Damage between lookup() and read() is still caught, at the latest before the last chunk."""
+    cache = PhraseCache(tmp_path, BIG)
+    data = pcm(5000)
+    entry = store(cache, key_for(1), data)
+    assert cache.lookup(key_for(1)) == entry
+    _zero_the_middle(entry.path)
+    with pytest.raises(CacheError, match="checksum mismatch"):
+        for _ in cache.read(entry, chunk_bytes=1000):
+            pass
+
+
+def test_entries_written_before_checksums_are_still_used(tmp_path):
+    """An upgrade keeps the cache: a bare 44-byte header entry is a hit, checked by its header."""
+    from coze_speaker.sound.wav import s16_mono_header
+
+    cache = PhraseCache(tmp_path, BIG)
+    key, data = key_for("old"), pcm(3000)
+    path = cache.entry_path(key)
+    path.parent.mkdir(mode=0o700)
+    path.write_bytes(s16_mono_header(24000, len(data)) + data)
+    entry = cache.lookup(key)
+    assert entry is not None and (entry.crc, entry.frames, entry.size) == (None, 3000, 44 + len(data))
+    assert b"".join(cache.read(entry, chunk_bytes=999)) == data
+    fresh = store(cache, key_for("new"), pcm(10))
+    assert fresh is not None and fresh.crc == zlib.crc32(pcm(10))
+    assert cache.verify() == (2, [], 1)
+    os.truncate(path, 100)  # its header still guards it
+    assert cache.lookup(key) is None and not path.exists()
 
 
 # -- crash safety -----------------------------------------------------------------------
@@ -355,7 +408,7 @@ def test_sigkill_mid_write_leaves_no_entry(tmp_path):
         proc.stderr.close()
 
     [leftover] = tmp_files(tmp_path)
-    assert leftover.stat().st_size == 44 + 10000
+    assert leftover.stat().st_size == ENTRY_HEADER_SIZE + 10000
     cache = PhraseCache(tmp_path, BIG)  # a recent temp file may belong to a live writer: kept
     assert cache.lookup(key) is None
     assert not cache.entry_path(key).exists() and entry_files(tmp_path) == []
@@ -423,7 +476,7 @@ def test_write_failure_disables_caching_once_then_recovers(tmp_path):
     assert cache.lookup(keys[2]).frames == 4096
     assert store(cache, keys[3], pcm(5000)).frames == 5000
     assert tmp_files(tmp_path) == []
-    assert cache.verify() == (2, [])
+    assert cache.verify() == (2, [], 0)
 
 
 # -- two processes ----------------------------------------------------------------------
@@ -485,14 +538,14 @@ def test_two_processes_write_while_a_third_reads(tmp_path, caplog):
     assert st.bytes == sum(p.stat().st_size for p in files)
     with sqlite3.connect(tmp_path / "index.sqlite3") as conn:
         assert conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 100
-    assert cache.verify() == (100, [])
+    assert cache.verify() == (100, [], 0)
     assert tmp_files(tmp_path) == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     print(f"parent saw {hits} hits while the children wrote")
 
 
 def test_one_thread_writes_while_another_reads(tmp_path):
-    cache = PhraseCache(tmp_path, 60 * 244)  # small: eviction runs while the reader reads
+    cache = PhraseCache(tmp_path, 60 * (ENTRY_HEADER_SIZE + 200))  # small: eviction runs while the reader reads
     keys = [key_for(i) for i in range(100)]
     errors = []
 
@@ -521,8 +574,8 @@ def test_one_thread_writes_while_another_reads(tmp_path):
     assert not thread.is_alive() and errors == []
     st = cache.stats()
     assert st.entries == len(entry_files(tmp_path)) == 60
-    assert st.bytes == 60 * 244
-    assert cache.verify() == (60, [])
+    assert st.bytes == 60 * (ENTRY_HEADER_SIZE + 200)
+    assert cache.verify() == (60, [], 0)
 
 
 def test_two_caches_in_one_process_share_the_directory(tmp_path):
@@ -659,14 +712,14 @@ def test_prune_evicts_adopts_and_drops(tmp_path):
     stale.write_bytes(b"x" * 100)
     os.utime(stale, (old, old))
 
-    cache = PhraseCache(tmp_path, 3 * 1044, clock=clock)
+    cache = PhraseCache(tmp_path, 3 * (ENTRY_HEADER_SIZE + 1000), clock=clock)
     assert not stale.exists()
     removed, freed = cache.prune()
-    assert (removed, freed) == (3, 3 * 1044)
+    assert (removed, freed) == (3, 3 * (ENTRY_HEADER_SIZE + 1000))
     assert not orphan.exists()
     assert [e.path.exists() for e in entries] == [False, False, False, True, True, True]
     st = cache.stats()
-    assert (st.entries, st.bytes) == (3, 3 * 1044)
+    assert (st.entries, st.bytes) == (3, 3 * (ENTRY_HEADER_SIZE + 1000))
     assert cache.prune() == (0, 0)
 
 

@@ -14,11 +14,12 @@ import pytest
 from conftest import VOICE
 from fake_coze import FakeCoze
 
+from coze_speaker.cache import ENTRY_HEADER_SIZE
 from coze_speaker.cli import main
 
 SPEECH = "/v1/audio/speech"
 RATE = 24000
-HEADER = 44
+HEADER = ENTRY_HEADER_SIZE
 
 
 def run(capsys, *argv):

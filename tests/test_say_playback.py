@@ -26,7 +26,7 @@ from alsa_sink import AlsaSink, alsa_sink  # noqa: F401  (fixture used by name)
 from conftest import VOICE
 from fake_coze import FakeCoze
 
-from coze_speaker.cache import PhraseCache
+from coze_speaker.cache import ENTRY_HEADER_SIZE, PhraseCache
 from coze_speaker.cli import main
 from coze_speaker.sound.shaping import builtin_chime, volume_gain
 
@@ -277,7 +277,7 @@ def test_sigkill_during_a_cache_write_never_plays_truncated_audio(capsys, make_c
         wait_until(mid_body, 30, "the fake to be in the middle of the body")
 
         def partial_written() -> bool:
-            return any(p.stat().st_size > 44 for p in (cache_dir / "tmp").glob("*"))
+            return any(p.stat().st_size > ENTRY_HEADER_SIZE for p in (cache_dir / "tmp").glob("*"))
 
         wait_until(partial_written, 30, "the cache writer to have written audio")
         sent = fake_coze.speech_log[0].bytes_sent
@@ -307,10 +307,10 @@ def test_sigkill_during_a_cache_write_never_plays_truncated_audio(capsys, make_c
     for path in wavs:
         rate, frames = read_wav(path)
         assert rate == RATE
-        assert path.stat().st_size == 44 + len(frames)
+        assert path.stat().st_size == ENTRY_HEADER_SIZE + len(frames)
     assert read_wav(wavs[0])[1] == pcm
     with PhraseCache(cache_dir, 10**9) as cache:
-        checked, removed = cache.verify()
+        checked, removed, _ = cache.verify()
     assert (checked, removed) == (1, [])
 
     # and now it is a hit

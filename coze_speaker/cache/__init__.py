@@ -7,11 +7,16 @@ Layout of the cache directory (mode 0700)::
                       from them (lookups adopt files, a full scan runs once when needed).
     tmp/              files being written; a crash leaves them here, removed after an hour
     ab/abcd….wav      one entry per key (sha256 hex): a standard WAV file, PCM s16le mono,
-                      so ``aplay`` plays it
+                      so ``aplay`` plays it, with the crc32 of its samples in a chunk of
+                      its header
 
 An entry name only ever appears through ``os.replace`` of a complete, fsynced file, so a
 SIGKILL or a power cut in the middle of a write cannot leave truncated audio under a final
-name; ``lookup`` also checks the header against the file size before trusting an entry.
+name; ``lookup`` also checks the header against the file size and the samples against their
+checksum before trusting an entry, so damage that kept the size never plays either.
+
+The directory is created again when it is deleted while in use (by the index when it
+reconnects, by the next writer's temp file), so caching resumes by itself.
 
 Two processes (the daemon and the CLI) may share a directory: sqlite does the locking,
 files appear by atomic rename, eviction unlinks the file and then drops its row (a reader
@@ -28,7 +33,7 @@ This package knows nothing of MQTT, Coze or audio devices.
 
 from __future__ import annotations
 
-from .entry import CacheEntry, CacheError, CacheStats, cache_key
+from .entry import ENTRY_HEADER_SIZE, CacheEntry, CacheError, CacheStats, VerifyReport, cache_key
 from .store import PhraseCache
 from .writer import CacheWriter
 
@@ -42,6 +47,8 @@ __all__ = [
     "CacheError",
     "CacheStats",
     "CacheWriter",
+    "ENTRY_HEADER_SIZE",
     "PhraseCache",
+    "VerifyReport",
     "cache_key",
 ]

@@ -1,8 +1,16 @@
 """What one cache entry is: its key, its file format and the public value types.
 
-An entry is a standard WAV file, PCM s16le mono with the canonical 44-byte header (so
-``aplay`` plays it), named after its key. The header's sizes must match the file's size
-exactly: that is how a truncated or foreign file is told from a good one without reading it.
+An entry is a standard WAV file, PCM s16le mono (so ``aplay`` plays it), named after its
+key. Its 56-byte header is the canonical 44-byte one with a ``crc `` chunk between ``fmt ``
+and ``data``: the crc32 of the samples (WAV readers skip chunks they do not know). The
+header's sizes must match the file's size exactly, which tells a truncated or foreign file
+from a good one without reading it; the checksum tells damage that kept the size (zeroed
+or flipped bytes) and costs one read of the samples.
+
+Entries written before checksums have the bare 44-byte header. They are still accepted,
+checked by their header only: a checksum computed now would only vouch for whatever the
+file holds today, and throwing them away would pay Coze again for every cached phrase.
+They are replaced as the LRU evicts them.
 """
 
 from __future__ import annotations
@@ -10,15 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ..errors import SpeakerError
 from ..vocabulary import SAMPLE_RATES
 from ..sound.wav import HEADER_SIZE, check_s16_mono_header, s16_mono_header
 
 __all__ = [
+    "CRC_CHUNK",
+    "ENTRY_HEADER_SIZE",
     "HEADER_SIZE",
     "KEY_VERSION",
     "MAX_RATE",
@@ -26,6 +37,8 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "CacheStats",
+    "EntryLayout",
+    "VerifyReport",
     "cache_key",
     "check_key",
     "check_rate",
@@ -34,6 +47,12 @@ __all__ = [
 ]
 
 KEY_VERSION = 1
+#: The chunk that holds the crc32 (zlib) of an entry's samples: id, length 4, value.
+CRC_CHUNK = b"crc "
+_CRC = struct.Struct("<4sII")
+#: An entry's header: the canonical 44 bytes plus the 12-byte crc chunk before ``data``.
+ENTRY_HEADER_SIZE = HEADER_SIZE + _CRC.size
+_FMT_END = 36  # where the canonical header's data chunk (and an entry's crc chunk) starts
 MIN_RATE = min(SAMPLE_RATES)
 MAX_RATE = max(SAMPLE_RATES)
 
@@ -54,6 +73,25 @@ class CacheEntry:
     rate: int
     frames: int
     size: int  # bytes of the whole file, header included
+    crc: Optional[int] = None  # crc32 of the samples; None for an entry written before checksums
+
+
+@dataclass(frozen=True)
+class EntryLayout:
+    """What an entry's header says: where the samples are, how many, and their checksum."""
+
+    rate: int
+    data_bytes: int
+    data_offset: int
+    crc: Optional[int]  # None: written before checksums, only the header can be checked
+
+
+class VerifyReport(NamedTuple):
+    """What ``PhraseCache.verify`` found."""
+
+    checked: int  # entry files examined
+    removed: List[str]  # keys of the broken ones, deleted (sorted)
+    without_checksum: int  # entries written before checksums: only their header was checked
 
 
 @dataclass(frozen=True)
@@ -118,11 +156,37 @@ def check_rate(rate: Any) -> int:
 # -- the entry file format ----------------------------------------------------------------
 
 
-def entry_header(rate: int, data_bytes: int) -> bytes:
-    """The header an entry starts with; written with data_bytes=0 first, patched at commit."""
-    return s16_mono_header(rate, data_bytes)
+def entry_header(rate: int, data_bytes: int, crc: int = 0) -> bytes:
+    """The 56-byte header an entry starts with: written with zeros first, patched at commit
+    with the size and crc32 of the samples."""
+    canonical = s16_mono_header(rate, data_bytes)
+    riff = struct.pack("<I", 36 + _CRC.size + data_bytes)
+    return canonical[:4] + riff + canonical[8:_FMT_END] + _CRC.pack(CRC_CHUNK, 4, crc) + canonical[_FMT_END:]
 
 
-def _check_header(head: bytes, file_size: int) -> Tuple[Optional[str], int, int]:
-    """(problem or None, rate, data bytes) of an entry file: our canonical 44-byte header only."""
-    return check_s16_mono_header(head, file_size, min_rate=MIN_RATE, max_rate=MAX_RATE)
+def check_entry_header(head: bytes, file_size: int) -> Tuple[Optional[str], Optional[EntryLayout]]:
+    """(problem, None) or (None, layout) of an entry file from its first ENTRY_HEADER_SIZE bytes.
+
+    Only two layouts are trusted: an entry with its crc chunk, and the bare canonical header
+    of entries written before checksums. The format and sizes are checked by the one WAV
+    header check (:func:`check_s16_mono_header`), on the header without the crc chunk.
+    """
+    if head[_FMT_END:_FMT_END + 4] != CRC_CHUNK:
+        problem, rate, data_bytes = check_s16_mono_header(head[:HEADER_SIZE], file_size,
+                                                          min_rate=MIN_RATE, max_rate=MAX_RATE)
+        if problem is not None:
+            return problem, None
+        return None, EntryLayout(rate, data_bytes, HEADER_SIZE, None)
+    if len(head) < ENTRY_HEADER_SIZE:
+        return f"{file_size} bytes is shorter than a phrase cache entry's header", None
+    _, length, crc = _CRC.unpack_from(head, _FMT_END)
+    if length != 4:
+        return f"checksum chunk of {length} bytes, expected 4", None
+    (riff_size,) = struct.unpack_from("<I", head, 4)
+    without = (head[:4] + struct.pack("<I", (riff_size - _CRC.size) & 0xFFFFFFFF) + head[8:_FMT_END]
+               + head[_FMT_END + _CRC.size:ENTRY_HEADER_SIZE])
+    problem, rate, data_bytes = check_s16_mono_header(without, file_size - _CRC.size,
+                                                      min_rate=MIN_RATE, max_rate=MAX_RATE)
+    if problem is not None:
+        return problem, None
+    return None, EntryLayout(rate, data_bytes, ENTRY_HEADER_SIZE, crc)

@@ -13,11 +13,12 @@ import re
 import secrets
 import stat
 import time
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterator, Optional, Tuple, Union
 
 from ..fsutil import fsync_dir
-from .entry import HEADER_SIZE, CacheEntry, CacheError, _check_header, is_key
+from .entry import ENTRY_HEADER_SIZE, CacheEntry, CacheError, EntryLayout, check_entry_header, is_key
 
 # one logger for the whole cache, the name it always had
 log = logging.getLogger("coze_speaker.cache")
@@ -28,6 +29,8 @@ TMP_DIR = "tmp"
 
 _HEX2_RE = re.compile(r"[0-9a-f]{2}\Z")
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Read size of a checksum pass: large enough that the reads cost nothing next to the crc.
+_VERIFY_BLOCK = 1 << 18
 
 Inspection = Tuple[Optional[CacheEntry], Optional[str], Optional[os.stat_result]]
 
@@ -57,16 +60,29 @@ def make_private_dir(path: Path) -> bool:
     return bool(missing)
 
 
+def restore_dir(root: Path) -> bool:
+    """Create the cache directory again (0700) when it vanished while in use (``rm -rf`` to
+    free space, a tmpfs remounted); True when it had to. Without this, every later write
+    and the index would fail for good and every repeat would be paid for again."""
+    if os.path.isdir(root):
+        return False
+    created = make_private_dir(root)  # OSError when it cannot be made
+    if created:
+        log.warning("phrase cache directory %s had vanished (deleted while running?); created it again", root)
+    return created
+
+
 def entry_path(root: Path, key: str) -> Path:
     """root/ab/abcd….wav: 256 subdirectories keep each directory small."""
     return root / key[:2] / f"{key}.wav"
 
 
-def inspect_entry(key: str, path: Path) -> Inspection:
+def inspect_entry(key: str, path: Path, *, verify: bool = False) -> Inspection:
     """(entry, None, stat) when valid; (None, None, None) when absent; (None, problem, stat) when
     broken (delete it); (None, problem, None) when unusable but not ours to delete.
 
-    One open and a 44-byte read: the header against the file size is the whole check.
+    The header against the file size costs one open and a 56-byte read; with verify the
+    samples are read too and checked against the entry's crc32 (damage that kept the size).
     """
     try:
         fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
@@ -78,19 +94,42 @@ def inspect_entry(key: str, path: Path) -> Inspection:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, "not a regular file", None
-        head = os.read(fd, HEADER_SIZE)
+        head = os.read(fd, ENTRY_HEADER_SIZE)
+        problem, layout = check_entry_header(head, st.st_size)
+        if problem is None and verify:
+            assert layout is not None
+            problem = _checksum_problem(fd, layout)
     except OSError as exc:
         return None, f"cannot read: {describe(exc)}", None
     finally:
         os.close(fd)
-    problem, rate, data_bytes = _check_header(head, st.st_size)
     if problem is not None:
         return None, problem, st
-    return CacheEntry(key=key, path=path, rate=rate, frames=data_bytes // 2, size=st.st_size), None, st
+    assert layout is not None
+    return CacheEntry(key=key, path=path, rate=layout.rate, frames=layout.data_bytes // 2, size=st.st_size,
+                      crc=layout.crc), None, st
+
+
+def _checksum_problem(fd: int, layout: EntryLayout) -> Optional[str]:
+    """None when the samples match the header's crc32 (or there is none to match)."""
+    if layout.crc is None:
+        return None  # written before checksums: the header was all there was to check
+    crc, remaining, offset = 0, layout.data_bytes, layout.data_offset
+    while remaining > 0:
+        block = os.pread(fd, min(_VERIFY_BLOCK, remaining), offset)
+        if not block:
+            return "ended early"
+        crc = zlib.crc32(block, crc)
+        remaining -= len(block)
+        offset += len(block)
+    if crc != layout.crc:
+        return f"checksum mismatch (header {layout.crc:08x}, samples {crc:08x}): damaged after it was written"
+    return None
 
 
 def read_samples(entry: CacheEntry, chunk_bytes: int) -> Iterator[bytes]:
-    """The samples of entry in chunks of chunk_bytes (even); the header is checked right now.
+    """The samples of entry in chunks of chunk_bytes (even); the header is checked right now,
+    the checksum as the chunks go by (a last safety net: ``lookup`` checked it already).
 
     CacheError when the file vanished (evicted by another process) or changed its format.
     """
@@ -100,21 +139,24 @@ def read_samples(entry: CacheEntry, chunk_bytes: int) -> Iterator[bytes]:
         raise CacheError(f"cannot read phrase cache entry {entry.key}: {describe(exc)}") from exc
     try:
         size = os.fstat(f.fileno()).st_size
-        problem, rate, data_bytes = _check_header(f.read(HEADER_SIZE), size)
-        if problem is None and rate != entry.rate:
-            problem = f"rate changed from {entry.rate} to {rate}"
+        problem, layout = check_entry_header(f.read(ENTRY_HEADER_SIZE), size)
+        if layout is not None and layout.rate != entry.rate:
+            problem = f"rate changed from {entry.rate} to {layout.rate}"
         if problem is not None:
             raise CacheError(f"phrase cache entry {entry.key} is unusable: {problem}")
+        assert layout is not None
+        f.seek(layout.data_offset)
     except OSError as exc:
         f.close()
         raise CacheError(f"cannot read phrase cache entry {entry.key}: {describe(exc)}") from exc
     except BaseException:
         f.close()
         raise
-    return _stream(f, data_bytes, chunk_bytes, entry.key)
+    return _stream(f, layout, chunk_bytes, entry.key)
 
 
-def _stream(f: BinaryIO, remaining: int, chunk_bytes: int, key: str) -> Iterator[bytes]:
+def _stream(f: BinaryIO, layout: EntryLayout, chunk_bytes: int, key: str) -> Iterator[bytes]:
+    remaining, crc = layout.data_bytes, 0
     with f:
         while remaining > 0:
             try:
@@ -124,6 +166,10 @@ def _stream(f: BinaryIO, remaining: int, chunk_bytes: int, key: str) -> Iterator
             if not block:
                 raise CacheError(f"phrase cache entry {key} ended early")
             remaining -= len(block)
+            if layout.crc is not None:
+                crc = zlib.crc32(block, crc)
+                if not remaining and crc != layout.crc:
+                    raise CacheError(f"phrase cache entry {key} is damaged: checksum mismatch")
             yield block
 
 
@@ -217,6 +263,9 @@ def open_temp(tmp_dir: Path) -> Tuple[str, int]:
         os.mkdir(tmp_dir, 0o700)
     except FileExistsError:
         pass
+    except FileNotFoundError:  # the cache directory itself is gone
+        restore_dir(tmp_dir.parent)
+        make_private_dir(tmp_dir)
     name = os.path.join(tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
     return name, fd

@@ -187,9 +187,12 @@ class CacheIndex:
     failure is logged once per episode and answered with a default instead of an exception.
     """
 
-    def __init__(self, path: Path, *, busy_timeout: float) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float,
+                 restore_dir: Optional[Callable[[], Any]] = None) -> None:
         self.path = path
         self._busy_timeout = float(busy_timeout)
+        # called before (re)connecting: a directory deleted while in use is created again
+        self._restore_dir = restore_dir
         # serialises the connection, used by the daemon's reader and writer threads
         self._lock = threading.RLock()
         self._conn: Optional[sqlite3.Connection] = None
@@ -240,6 +243,11 @@ class CacheIndex:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
+        if self._restore_dir is not None:
+            try:
+                self._restore_dir()
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"cannot create the index's directory: {exc}") from exc
         conn = sqlite3.connect(str(self.path), timeout=self._busy_timeout,
                                isolation_level=None, check_same_thread=False)
         try:

@@ -10,9 +10,10 @@ import errno
 import logging
 import os
 import threading
+import zlib
 from typing import TYPE_CHECKING, Any, Optional
 
-from .entry import HEADER_SIZE, CacheEntry, CacheError, entry_header
+from .entry import ENTRY_HEADER_SIZE, CacheEntry, CacheError, entry_header
 from .files import describe
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class WriteHealth:
     @property
     def max_data(self) -> int:
         """The most audio one entry may hold: it must fit in the whole cache with its header."""
-        return self.max_bytes - HEADER_SIZE
+        return self.max_bytes - ENTRY_HEADER_SIZE
 
     def failed(self, reason: str) -> None:
         with self._lock:
@@ -77,6 +78,7 @@ class CacheWriter:
         self.rate = rate
         self.failed = False
         self.bytes_written = 0
+        self._crc = 0  # crc32 of the samples so far, stored in the header at commit
         self._too_large = False
         self._done = False
         self._result: Optional[CacheEntry] = None
@@ -84,7 +86,7 @@ class CacheWriter:
         self._fd: Optional[int] = None
         try:
             self._tmp, self._fd = cache._open_temp()
-            self._write_all(entry_header(rate, 0))  # placeholder sizes, patched by commit()
+            self._write_all(entry_header(rate, 0))  # placeholder sizes and crc, patched by commit()
         except OSError as exc:
             self._fail(exc)
 
@@ -127,6 +129,7 @@ class CacheWriter:
         except OSError as exc:
             self._fail(exc)
             return
+        self._crc = zlib.crc32(pcm, self._crc)
         self.bytes_written += n
 
     def commit(self) -> Optional[CacheEntry]:
@@ -151,9 +154,10 @@ class CacheWriter:
             return None
         assert self._fd is not None and self._tmp is not None
         entry = CacheEntry(key=self.key, path=self.cache.entry_path(self.key), rate=self.rate,
-                           frames=self.bytes_written // 2, size=HEADER_SIZE + self.bytes_written)
+                           frames=self.bytes_written // 2, size=ENTRY_HEADER_SIZE + self.bytes_written,
+                           crc=self._crc)
         try:
-            header = entry_header(self.rate, self.bytes_written)
+            header = entry_header(self.rate, self.bytes_written, self._crc)
             if os.pwrite(self._fd, header, 0) != len(header):
                 raise OSError(errno.EIO, "short write of the WAV header")
             os.fsync(self._fd)  # complete on disk before its name can appear

@@ -306,8 +306,12 @@ def cmd_cache_prune(args: argparse.Namespace, load: Loader) -> int:
 
 def cmd_cache_verify(args: argparse.Namespace, load: Loader) -> int:
     with _cache(load()) as cache:
-        checked, removed = cache.verify()
-    print(f"checked {checked} entr{'y' if checked == 1 else 'ies'}, removed {len(removed)} broken")
+        report = cache.verify()
+    checked = report.checked
+    print(f"checked {checked} entr{'y' if checked == 1 else 'ies'}, removed {len(report.removed)} broken")
+    if report.without_checksum:
+        print(f"{report.without_checksum} entr{'y was' if report.without_checksum == 1 else 'ies were'} written "
+              "before checksums: only the header could be checked (`cache clear` renews them)")
     return 0
 
 

@@ -1,4 +1,10 @@
-"""`coze-speaker doctor`: check a setup piece by piece, one ✓/✗ line each, with the fix."""
+"""`coze-speaker doctor`: check a setup piece by piece, one ✓/✗ line each, with the fix.
+
+Each check reuses the code the daemon runs for that part (the wiring, the request
+validation, the player, the offline voice, the state writers' way of writing), so a setup
+the daemon would only warn about at start, or fail on at the first announcement, gets its
+✗ here first.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ def run_checks(config_path: Optional[str], out=None) -> int:
         results.append((False, f"config: {exc}", "fix the lines named above (config.example.yaml documents every key)"))
         _print(results, out)
         return 1
-    for check in (check_token, check_voice, check_broker, check_audio, check_cache):
+    for check in (check_token, check_voice, check_broker, check_audio, check_fallback, check_cache, check_state):
         try:
             results.append(check(config))
         except Exception as exc:  # a check must never crash the doctor
@@ -66,11 +72,16 @@ def check_token(config: Config) -> Check:
 
 
 def check_voice(config: Config) -> Check:
-    from ..coze import CozeError
+    from ..coze import CozeError, CozeValidationError
+    from ..voice.request import SpeechRequest
 
-    voice = config.coze.voice_id
-    if not voice:
-        return (False, "voice: coze.voice_id is not set", "pick one from `coze-speaker voices` and set coze.voice_id")
+    try:  # the validation every announcement passes, so an unset voice is caught the same way
+        request = SpeechRequest.from_config(config, "coze-speaker doctor")
+    except CozeValidationError as exc:
+        fix = ("pick one from `coze-speaker voices` and set coze.voice_id" if exc.field == "voice_id"
+               else f"fix coze.{exc.field} (config.example.yaml documents it)")
+        return (False, f"voice: {exc}", fix)
+    voice = request.params.voice_id
     client = _client(config)
     if client is None:
         return (False, f"voice {voice}: cannot check without a token", "configure the token first")
@@ -136,21 +147,59 @@ def check_audio(config: Config) -> Check:
                "missing": "check audio.device against `coze-speaker devices` / `aplay -L`, and that the user is in "
                           "the audio group"}.get(exc.kind, "see the message; try `aplay -D DEVICE` by hand")
         return (False, f"audio: {exc}", fix)
+    played_on = getattr(player, "device", a.device)
+    if player.name != "null" and played_on != a.device:  # simpleaudio plays on 'default' only
+        return (False, f"audio: {player.name} ignores audio.device {a.device!r} and plays on {played_on!r}",
+                "set audio.backend: aplay to play on audio.device, or audio.device: default")
     return (True, f"audio: {player.name} on {a.device!r} at {rate} Hz", "")
+
+
+def check_fallback(config: Config) -> Check:
+    """The offline voice that speaks when Coze cannot: installed, and able to speak."""
+    from ..app.wiring import play_rate
+    from ..voice.fallback import EspeakFallback, FallbackError
+
+    f = config.fallback
+    if f.engine != "espeak-ng":
+        return (True, f"offline voice: none (fallback.engine: {f.engine}; uncached phrases fail while Coze "
+                      "cannot speak)", "")
+    voice = EspeakFallback(f.voice)
+    if not voice.available:  # the daemon's own test, which it only warns about at start
+        return (False, f"offline voice: fallback.engine is espeak-ng but {voice.binary} is not installed "
+                       "(or not on PATH)", "apt-get install espeak-ng, or set fallback.engine: none")
+    try:
+        voice.synthesize("ok", play_rate(config, for_file=True))
+    except FallbackError as exc:
+        return (False, f"offline voice: {exc}",
+                "check fallback.voice against `espeak-ng --voices`, or set it to null for the default")
+    return (True, f"offline voice: espeak-ng{f' ({f.voice})' if f.voice else ''} speaks", "")
 
 
 def check_cache(config: Config) -> Check:
     from ..app.wiring import open_cache
     from ..cache import CacheError
+    from ..fsutil import check_writable_dir
 
     try:
         with open_cache(config) as cache:
-            probe = cache.directory / "tmp" / ".doctor-probe"
-            probe.parent.mkdir(exist_ok=True)
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            check_writable_dir(cache.directory / "tmp")
             s = cache.stats()
     except (OSError, CacheError) as exc:
         return (False, f"cache {config.cache.dir}: {exc}", "make the directory writable for the daemon's user, or set cache.dir")
     return (True, f"cache {s.dir}: {s.entries} phrase(s), {s.bytes // 1024} KB of {s.max_bytes // 1048576} MB", "")
 
+
+def check_state(config: Config) -> Check:
+    """The state dir: the queue journal (what was accepted survives a restart) and the volume."""
+    from ..fsutil import check_writable_dir
+
+    where = config.state.dir
+    try:
+        check_writable_dir(where)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return (False, f"state {where}: cannot write there: {reason}"
+                       f"{f' ({exc.filename})' if exc.filename and str(exc.filename) != str(where) else ''}; "
+                       "queued announcements would not survive a restart",
+                "make state.dir a directory the daemon's user can write (systemd: StateDirectory=), or set state.dir")
+    return (True, f"state {where}: writable", "")
