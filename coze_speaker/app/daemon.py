@@ -120,7 +120,7 @@ class Daemon:
         for ann in expired:
             parts.front.sink(AnnouncementEvent.about(ann, "expired", reason="ttl"))
         for ann in valid:
-            parts.worker.submit(ann)
+            parts.worker.submit(ann, restored=True)
         if valid or expired:
             log.info("restored %d announcement(s) from the last run, %d had expired", len(valid), len(expired))
         parts.worker.persist()
@@ -202,5 +202,5 @@ class Daemon:
         new.front.start()
         new.front.connected.wait(HANDOVER_WAIT)  # their events go out on the new connection
         for ann in pending:
-            new.worker.submit(ann)
+            new.worker.submit(ann, restored=True)
         new.worker.persist()

@@ -36,6 +36,8 @@ class Incoming:
     #: packet id and QoS, for the acknowledgement sent once the message is handled
     mid: int = 0
     qos: int = 0
+    #: the broker sends it again (MQTT DUP flag): it was delivered before and not acknowledged
+    dup: bool = False
 
 
 def apply_credentials(client: mqtt.Client, config: Any) -> None:
@@ -184,7 +186,8 @@ class MqttBridge:
             correlation = getattr(props, "CorrelationData", None)
         incoming = Incoming(topic=message.topic, payload=bytes(message.payload), retain=bool(message.retain),
                             received=time.monotonic(), expiry=expiry, response_topic=response_topic,
-                            correlation_data=correlation, mid=message.mid, qos=message.qos)
+                            correlation_data=correlation, mid=message.mid, qos=message.qos,
+                            dup=bool(message.dup))
         try:
             self._on_message(incoming)
         except Exception:  # a handler bug must not kill paho's network thread

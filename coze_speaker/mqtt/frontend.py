@@ -178,7 +178,7 @@ class MqttFrontEnd:
             return self.event_messages(AnnouncementEvent.about(ann, "dropped", reason="retained"))
         if ann.ttl is None and msg.expiry:
             ann = ann.replace(deadline=msg.received + msg.expiry)
-        self.worker.submit(ann)
+        self.worker.submit(ann, redelivery=msg.dup)
         return []
 
     def response_topic_allowed(self, topic: str) -> bool:
@@ -212,10 +212,10 @@ class MqttFrontEnd:
                                     id=say.id or f"hermes-{time.monotonic_ns()}", source="hermes",
                                     volume=None if say.volume is None else int(round(say.volume * 100)),
                                     received=msg.received, site_id=say.site_id, session_id=say.session_id)
-        except PayloadError as exc:
-            return [Publish(HermesError.TOPIC, HermesError(str(exc), say.site_id, session_id=say.session_id).payload()),
-                    Publish(HermesSayFinished.TOPIC, HermesSayFinished(say.id, say.site_id, say.session_id).payload())]
-        self.worker.submit(ann)
+        except PayloadError as exc:  # not spoken: an error, and no sayFinished
+            return [Publish(HermesError.TOPIC, HermesError(str(exc), say.site_id, context=say.id,
+                                                           session_id=say.session_id).payload())]
+        self.worker.submit(ann, redelivery=msg.dup)
         return []
 
     # -- MQTT out -------------------------------------------------------------------------
@@ -240,13 +240,22 @@ class MqttFrontEnd:
         if ann.response_topic:
             out.append(Publish(ann.response_topic, payload, correlation_data=ann.correlation_data))
         if ann.source == "hermes":
-            site = ann.site_id or self.config.hermes.site_id
-            if event.event == "failed":
-                message = (event.error or {}).get("message", "failed")
-                out.append(Publish(HermesError.TOPIC, HermesError(message, site, context=ann.id,
-                                                                  session_id=ann.session_id).payload()))
-            out.append(Publish(HermesSayFinished.TOPIC, HermesSayFinished(ann.id, site, ann.session_id).payload()))
+            out.append(self._hermes_outcome(event, ann))
         return out
+
+    def _hermes_outcome(self, event: AnnouncementEvent, ann: Announcement) -> Publish:
+        """sayFinished means spoken: only a `finished` say gets it. Any other end (failed,
+        dropped, expired, interrupted) gets hermes/error/tts, saying why, with the say's id
+        as context."""
+        site = ann.site_id or self.config.hermes.site_id
+        if event.event == "finished":
+            return Publish(HermesSayFinished.TOPIC, HermesSayFinished(ann.id, site, ann.session_id).payload())
+        if event.event == "failed":
+            message = (event.error or {}).get("message") or "failed"
+        else:
+            message = f"{event.event}: {event.reason}" if event.reason else event.event
+        return Publish(HermesError.TOPIC, HermesError(message, site, context=ann.id,
+                                                      session_id=ann.session_id).payload())
 
     def _on_connected(self) -> None:
         self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)

@@ -1,0 +1,190 @@
+"""The fault suite, front-end part (issue 10, items 20, 22, 23, 25): dedup and Hermes
+outcomes, systemd READY, paho's log lines during a broker outage, the retained `last`.
+
+Real mosquitto, the fake Coze over HTTP, real aplay into the ALSA file sink; the daemon
+in-process (a thread), so its log is captured with caplog.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from typing import List, Optional, Tuple
+
+import pytest
+
+from alsa_sink import alsa_sink  # noqa: F401  (fixture)
+from fake_coze import Fault
+from mqtt_helpers import Probe, broker, free_port, probe  # noqa: F401  (fixtures)
+from test_daemon import (AVAIL, EVENT, SAY, SPEECH, B, D, Running, pcm, slow_audio,  # noqa: F401
+                         start_daemon, write_config)
+from test_faults import online
+
+STATE = f"{B}/{D}/state"
+HERMES_SAY, SAY_FINISHED, HERMES_ERROR = "hermes/tts/say", "hermes/tts/sayFinished", "hermes/error/tts"
+
+
+# -- item 20: dedup only while pending; sayFinished means spoken ----------------------------------
+
+def test_the_same_text_after_the_first_has_finished_is_spoken_again(start_daemon, probe, fake_coze, alsa_sink):
+    """A doorbell pressed twice speaks twice; a copy that arrives while the first is still
+    queued or playing is coalesced (dropped, reason dedup)."""
+    start_daemon(queue={"dedup_seconds": 30})
+    probe.publish(SAY, {"text": "Someone is at the door", "id": "ring-1"})
+    probe.wait_event(EVENT, id="ring-1", event="finished")
+    probe.publish(SAY, {"text": "Someone is at the door", "id": "ring-2"})
+    assert probe.wait_event(EVENT, id="ring-2", event="finished")["cached"] is True
+    audio = pcm("Someone is at the door")
+    alsa_sink.wait_for(2 * len(audio))
+    assert alsa_sink.read().count(audio) == 2
+
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "A slower announcement, still playing", "id": "slow-1"})
+    probe.wait_event(EVENT, id="slow-1", event="started")
+    probe.publish(SAY, {"text": "A slower announcement, still playing", "id": "slow-2"})
+    assert probe.wait_event(EVENT, id="slow-2", event="dropped")["reason"] == "dedup"
+    probe.wait_event(EVENT, id="slow-1", event="finished", timeout=30)
+    assert [e["event"] for e in probe.events(EVENT, id="slow-2")] == ["dropped"]
+
+
+def test_hermes_say_finished_only_when_spoken(start_daemon, probe, fake_coze):
+    """Rhasspy takes sayFinished as "spoken": a say that is dropped, fails or is interrupted
+    gets hermes/error/tts (context = its id) and no sayFinished."""
+    start_daemon(queue={"dedup_seconds": 30})
+    slow_audio(fake_coze)
+
+    def say(text, sid):
+        probe.publish(HERMES_SAY, {"text": text, "siteId": "kitchen", "id": sid, "sessionId": f"s-{sid}"})
+
+    say("Rhasspy speaks slowly, please wait", "h1")
+    probe.wait_event(EVENT, id="h1", event="started")
+    say("Rhasspy speaks slowly, please wait", "h2")  # coalesced into h1
+    dropped = probe.wait_event(HERMES_ERROR, context="h2")
+    assert dropped["siteId"] == "kitchen" and dropped["sessionId"] == "s-h2" and "dedup" in dropped["error"]
+    assert probe.wait_event(SAY_FINISHED, id="h1", timeout=30) == {"id": "h1", "siteId": "kitchen",
+                                                                   "sessionId": "s-h1"}
+
+    fake_coze.chunk_delay = 0
+    fake_coze.add_fault(SPEECH, Fault(code=4000, msg="invalid parameter"))  # final: not retried
+    say("This one cannot be synthesized", "h3")
+    failed = probe.wait_event(HERMES_ERROR, context="h3", timeout=30)
+    assert "invalid parameter" in failed["error"]
+
+    slow_audio(fake_coze)
+    say("This one is stopped while it plays, it is long enough", "h4")
+    probe.wait_event(EVENT, id="h4", event="started")
+    probe.publish(f"{B}/{D}/stop", "")
+    assert "interrupted" in probe.wait_event(HERMES_ERROR, context="h4", timeout=30)["error"]
+
+    fake_coze.chunk_delay = 0
+    say("The last one is spoken", "h5")
+    probe.wait_event(SAY_FINISHED, id="h5", timeout=30)  # after every message about h2…h4
+    assert [m["id"] for m in probe.events(SAY_FINISHED)] == ["h1", "h5"]
+    assert {m["context"] for m in probe.events(HERMES_ERROR)} == {"h2", "h3", "h4"}
+
+
+class SwallowingProxy:
+    """A TCP proxy on loopback between the daemon and the broker. With `swallow` on, what the
+    daemon sends is dropped (its acknowledgements never reach the broker) while the broker's
+    messages still reach it; `cut()` closes every connection, as a network drop would."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = upstream_port
+        self.port = free_port()
+        self.swallow = False
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._server.settimeout(0.2)
+        self._pairs: List[Tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while not self._stopped.is_set():
+                readable, _, _ = select.select([client, upstream], [], [], 0.2)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is upstream:
+                        client.sendall(data)
+                    elif not self.swallow:
+                        upstream.sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            client.close()
+            upstream.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.cut()
+        self._server.close()
+        self._thread.join(5)
+
+
+def test_a_broker_redelivery_after_the_first_copy_finished_is_not_spoken_again(
+        tmp_path, fake_coze, broker, probe, alsa_sink, monkeypatch, caplog):
+    """The daemon's acknowledgement of a say is lost (the connection drops before it reaches
+    the broker); the announcement is spoken; when the daemon reconnects, the broker sends
+    the message again with the DUP flag. It is the same announcement: not spoken twice, no
+    second final event, even with text dedup off."""
+    caplog.set_level(logging.DEBUG, logger="coze_speaker.queue.worker")
+    monkeypatch.delenv("COZE_API_TOKEN", raising=False)
+    proxy = SwallowingProxy(broker.port)
+    path = write_config(tmp_path, fake_coze, broker, queue={"dedup_seconds": 0})
+    path.write_text(path.read_text().replace(f"port: {broker.port}", f"port: {proxy.port}"))
+    r = Running(path)
+    try:
+        online(probe)
+        proxy.swallow = True  # from now on nothing the daemon sends reaches the broker
+        probe.publish(SAY, {"text": "The garage door is open", "id": "garage"})
+        audio = pcm("The garage door is open")
+        alsa_sink.wait_for(len(audio), timeout=30)  # spoken (its events are swallowed too)
+        proxy.swallow = False
+        proxy.cut()
+        online(probe, count=2, timeout=60)
+        probe.publish(SAY, {"text": "And the next one", "id": "next"})
+        probe.wait_event(EVENT, id="next", event="finished", timeout=30)
+        assert "announcement garage arrived again (a redelivery); coalesced" in caplog.text, \
+            "the broker did not send the message again: the test proved nothing"
+        assert alsa_sink.read().count(audio) == 1
+        finals = [e for e in probe.events(EVENT, id="garage") if e["event"] not in ("queued", "started")]
+        assert [e["event"] for e in finals] == ["finished"]
+    finally:
+        r.stop()
+        proxy.close()
+
