@@ -188,3 +188,43 @@ def test_a_broker_redelivery_after_the_first_copy_finished_is_not_spoken_again(
         r.stop()
         proxy.close()
 
+
+# -- item 25: the retained state keeps `last` across a restart and a reload ------------------------
+
+def states_after(probe, index):
+    """The state messages received after message number `index` (parsed)."""
+    return [json.loads(m.payload) for m in probe.messages[index:] if m.topic == STATE]
+
+
+def retained_state(port):
+    """What a client that subscribes now gets as the retained state."""
+    late = Probe(port)
+    try:
+        return json.loads(late.wait_for(lambda _: [m for m in late.on(STATE) if m.retain])[-1].payload)
+    finally:
+        late.close()
+
+
+def test_the_retained_state_keeps_last_across_a_restart_and_a_reload(start_daemon, probe, broker, tmp_path):
+    from test_one_owner import reload
+
+    r = start_daemon()
+    probe.publish(SAY, {"text": "The washing machine is done", "id": "wash"})
+    probe.wait_event(EVENT, id="wash", event="finished")
+    probe.wait_for(lambda _: [s for s in states_after(probe, 0) if s.get("last") == "The washing machine is done"])
+    r.stop()
+    assert json.loads((tmp_path / "state" / f"last-{D}.json").read_text())["id"] == "wash"
+
+    mark = len(probe.messages)
+    r = start_daemon()  # a restart: the first state it publishes already says what was spoken last
+    assert probe.wait_for(lambda _: states_after(probe, mark))[0].get("last") == "The washing machine is done"
+    assert retained_state(broker.port).get("last") == "The washing machine is done"
+
+    mark = len(probe.messages)
+    reload(r, probe, tmp_path, lambda d: d["queue"].update(max_length=50))  # SIGHUP
+    assert probe.wait_for(lambda _: states_after(probe, mark))[0].get("last") == "The washing machine is done"
+    assert retained_state(broker.port).get("last") == "The washing machine is done"
+
+    probe.publish(SAY, {"text": "Dinner is ready", "id": "dinner"})  # and it still moves on
+    probe.wait_event(EVENT, id="dinner", event="finished")
+    probe.wait_for(lambda _: [s for s in states_after(probe, mark) if s.get("last") == "Dinner is ready"])

@@ -105,7 +105,7 @@ class Daemon:
                                settings=QueueSettings.from_config(config), volume=volume,
                                journal=Journal(device_file(config.state.dir, "queue", device)),
                                volume_store=store)
-            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set)
+            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
         except BaseException:
             voice.close()
             raise

@@ -73,7 +73,6 @@ class Announcer:
         self._prefetch_wanted = False
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
-        self.last_text: Optional[str] = None
 
     @property
     def settings(self) -> QueueSettings:
@@ -283,7 +282,6 @@ class Announcer:
         if item.token.expired():
             return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
         volume = self.policy.volume_for(ann, self.volume)
-        self.last_text = ann.text
         self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
         token = item.token
         attempt = 0
