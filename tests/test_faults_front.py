@@ -228,3 +228,81 @@ def test_the_retained_state_keeps_last_across_a_restart_and_a_reload(start_daemo
     probe.publish(SAY, {"text": "Dinner is ready", "id": "dinner"})  # and it still moves on
     probe.wait_event(EVENT, id="dinner", event="finished")
     probe.wait_for(lambda _: [s for s in states_after(probe, mark) if s.get("last") == "Dinner is ready"])
+
+
+# -- item 23: one WARNING per broker outage, no paho ERROR lines, nothing on a requested stop ------
+
+def _ours(caplog, start=0, level=logging.WARNING):
+    return [r for r in caplog.records[start:] if r.name.startswith("coze_speaker") and r.levelno >= level]
+
+
+def _failed_attempts(caplog, start):
+    """paho's own line for each reconnect attempt that failed (DEBUG, also before this fix)."""
+    return len([r for r in caplog.records[start:] if r.name == "coze_speaker.paho"
+                and "Connection failed, retrying" in r.getMessage()])
+
+
+def _wait_for(predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _kill(broker):
+    broker.proc.kill()
+    broker.proc.wait(5)
+    broker.proc = None
+
+
+def test_a_broker_outage_is_one_warning_and_a_stop_is_silent(tmp_path, fake_coze, broker, probe, alsa_sink,
+                                                             monkeypatch, caplog):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("COZE_API_TOKEN", raising=False)
+    r = Running(write_config(tmp_path, fake_coze, broker))
+    try:
+        online(probe)
+        probe.close()
+
+        mark = len(caplog.records)
+        _kill(broker)  # an outage: several reconnect attempts fail, then the broker is back
+        _wait_for(lambda: _failed_attempts(caplog, mark) >= 2, "two failed reconnect attempts")
+        broker.start()
+        fresh = Probe(broker.port)
+        try:
+            online(fresh, timeout=60)
+            fresh.publish(SAY, {"text": "back again", "id": "back"})
+            fresh.wait_event(EVENT, id="back", event="finished", timeout=30)
+        finally:
+            fresh.close()
+        outage = _ours(caplog, mark)
+        assert [r.levelname for r in outage] == ["WARNING"], [r.getMessage() for r in outage]
+        assert "lost the MQTT broker" in outage[0].getMessage()
+        back = [r.getMessage() for r in _ours(caplog, mark, logging.INFO) if r.levelno == logging.INFO
+                and "MQTT broker" in r.getMessage()]
+        assert len(back) == 1 and "again after" in back[0], back
+
+        mark = len(caplog.records)
+        _kill(broker)  # down again, and the daemon is stopped (SIGTERM) while it is
+        _wait_for(lambda: _failed_attempts(caplog, mark) >= 2, "two failed reconnect attempts")
+        stop_mark = len(caplog.records)
+        r.stop()
+        assert len(_ours(caplog, mark)) == 1
+        assert _ours(caplog, stop_mark) == [], [r.getMessage() for r in _ours(caplog, stop_mark)]
+    finally:
+        if r.thread.is_alive():
+            r.stop()
+
+    broker.start()  # a stop with the broker up says nothing either
+    r = Running(write_config(tmp_path, fake_coze, broker))
+    fresh = Probe(broker.port)
+    try:
+        online(fresh)
+        mark = len(caplog.records)
+        r.stop()
+        assert _ours(caplog, mark) == [], [r.getMessage() for r in _ours(caplog, mark)]
+    finally:
+        fresh.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
