@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import select
+import shutil
 import socket
+import struct
+import tempfile
 import threading
 import time
 from typing import List, Optional, Tuple
@@ -306,3 +310,102 @@ def test_a_broker_outage_is_one_warning_and_a_stop_is_silent(tmp_path, fake_coze
         fresh.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- item 22: systemd READY=1 as soon as the broker is connected, and after a reload -------------
+
+class MainPidNotifySocket:
+    """$NOTIFY_SOCKET as systemd with NotifyAccess=main has it: only datagrams from our own
+    process count (the sender's pid comes with each one, SO_PASSCRED). The daemon runs in
+    this process; mosquitto, started by the test, inherits NOTIFY_SOCKET and sends its own
+    READY=1, which must not be taken for ours."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="cs-notify-")  # sun_path is at most 108 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.bind(self.path)
+        self.messages: List[List[str]] = []  # ours, each datagram as its lines
+
+    def _receive(self, timeout: Optional[float]) -> bool:
+        """Take one datagram (False if none came within timeout; 0 = do not wait)."""
+        self.sock.settimeout(timeout)
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
+        except (socket.timeout, BlockingIOError):
+            return False
+        pids = [struct.unpack("3i", d[:struct.calcsize("3i")])[0] for level, kind, d in ancillary
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+        if pids == [os.getpid()]:
+            self.messages.append(data.decode("utf-8", "replace").splitlines())
+        return True
+
+    def drain(self) -> None:
+        while self._receive(0):
+            pass
+
+    def seen(self, line: str) -> bool:
+        return any(line in m for m in self.messages)
+
+    def wait_for(self, line: str, timeout: float, after: int = 0) -> int:
+        """Receive until one of our datagrams (index >= after) has `line`; returns its index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(after, len(self.messages)):
+                if line in self.messages[i]:
+                    return i
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {line} within {timeout} s; got {self.messages}")
+            self._receive(min(left, 0.5))
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_ready_comes_when_connected_not_at_the_main_loops_tick(tmp_path, fake_coze, broker, alsa_sink, probe,
+                                                               monkeypatch, caplog):
+    """The main loop's tick is made an hour long: READY=1 must come from the connection
+    itself (at start, with the broker down at first, and after a reload that worked or
+    not), and RELOADING=1 carries MONOTONIC_USEC from the reload."""
+    import coze_speaker.app.daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "TICK", 3600.0)
+    ns = MainPidNotifySocket()
+    monkeypatch.setenv("NOTIFY_SOCKET", ns.path)
+    for var in ("WATCHDOG_USEC", "WATCHDOG_PID", "COZE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    path = write_config(tmp_path, fake_coze, broker)
+    probe.close()
+    broker.stop()  # the daemon starts while the broker is down
+    r = Running(path)
+    try:
+        _wait_for(lambda: "cannot reach the MQTT broker" in caplog.text, "the first failed connection")
+        ns.drain()
+        assert not ns.seen("READY=1"), ns.messages  # not ready without a broker
+
+        broker.start()
+        ready = ns.wait_for("READY=1", 30)
+
+        before = time.monotonic_ns() // 1000
+        r.daemon.request_reload()
+        reloading = ns.wait_for("RELOADING=1", 30, after=ready + 1)
+        usec = [line for line in ns.messages[reloading] if line.startswith("MONOTONIC_USEC=")]
+        assert len(usec) == 1, ns.messages[reloading]
+        assert before <= int(usec[0].split("=", 1)[1]) <= time.monotonic_ns() // 1000
+        ready = ns.wait_for("READY=1", 30, after=reloading + 1)
+
+        path.write_text(path.read_text() + "\nqueue: {max_length: -1}\n")  # a reload that fails
+        r.daemon.request_reload()
+        reloading = ns.wait_for("RELOADING=1", 30, after=ready + 1)
+        ns.wait_for("READY=1", 30, after=reloading + 1)  # still running, on the old config: ready again
+        assert "config reload failed, keeping the running config" in caplog.text
+
+        r.stop()
+        ns.wait_for("STOPPING=1", 30)
+    finally:
+        if r.thread.is_alive():
+            r.stop()
+        ns.close()

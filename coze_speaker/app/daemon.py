@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: How long a reload waits for the new broker connection before handing over the queue.
 HANDOVER_WAIT = 5.0
+#: The main loop's periodic tick (seconds; shorter with a watchdog). READY=1 does not wait
+#: for it: the front end wakes the loop as soon as the broker accepted the connection.
+TICK = 5.0
 
 
 @dataclass
@@ -140,7 +143,7 @@ class Daemon:
         ready = False
         interval = sdnotify.watchdog_interval()
         while not self._stop.is_set():
-            self._wake.wait(timeout=min(interval or 5.0, 5.0))
+            self._wake.wait(timeout=min(interval or TICK, TICK))
             self._wake.clear()
             if self._reload.is_set():
                 self._reload.clear()
@@ -180,7 +183,7 @@ class Daemon:
     def _do_reload(self) -> None:
         old = self.parts
         source = old.config.source
-        sdnotify.notify("RELOADING=1")
+        sdnotify.reloading()
         try:
             config = load_config(source)
         except ConfigError as exc:
