@@ -1,9 +1,10 @@
-"""The systemd notify protocol in a few lines of standard library: READY, WATCHDOG, STATUS."""
+"""The systemd notify protocol in a few lines of standard library: READY, RELOADING, WATCHDOG, STATUS."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Optional
 
 
@@ -21,6 +22,13 @@ def notify(message: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def reloading() -> bool:
+    """RELOADING=1 with MONOTONIC_USEC (CLOCK_MONOTONIC, in µs), as systemd >= 253 wants it
+    to match the message to the reload it started (Type=notify-reload); older versions
+    ignore the field. READY=1 must follow once the reload is done, whether it worked or not."""
+    return notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
 
 def watchdog_interval() -> Optional[float]:

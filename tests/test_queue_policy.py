@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from coze_speaker.queue.announcement import Announcement
-from coze_speaker.queue.policy import QueuePolicy, QueueSettings
+from coze_speaker.queue.policy import DUPLICATE, QueuePolicy, QueueSettings
 
 
 class Clock:
@@ -62,8 +62,51 @@ def test_dedup_within_the_window_and_by_id_while_pending():
     refused = offer(p, "doorbell", id="2")
     assert not refused.accepted and refused.reason == "dedup"
     clock.now += 11
-    assert offer(p, "doorbell", id="3").accepted
-    assert offer(p, "other text", id="1").reason == "dedup"  # same id while it is pending
+    assert offer(p, "doorbell", id="3").accepted  # outside the window: a new press
+    assert offer(p, "other text", id="1").reason == DUPLICATE  # same id while it is pending
+
+
+def test_a_copy_is_coalesced_only_while_the_first_is_queued_or_playing():
+    """A doorbell pressed twice is spoken twice once the first has ended (issue 10, item 20)."""
+    p, clock, _ = policy(dedup_seconds=10)
+    assert offer(p, "doorbell", id="1").accepted
+    assert p.next_to_play().id == "1"
+    clock.now += 1
+    assert offer(p, "doorbell", id="2").reason == "dedup"  # while it plays
+    assert p.done().id == "1"
+    clock.now += 1
+    assert offer(p, "doorbell", id="3").accepted  # 2 s after the first arrived, but it has ended
+    assert [a.id for a in p.clear()] == ["3"]
+    assert offer(p, "doorbell", id="4").accepted  # a stop emptied the queue: nothing to coalesce with
+    assert [a.id for a in p.take_expired()] == []
+    clock.now += 400
+    assert [a.id for a in p.take_expired()] == ["4"]
+    assert offer(p, "doorbell", id="5").accepted
+
+
+def test_a_redelivery_of_an_ended_id_is_coalesced_for_the_session_expiry():
+    """The broker sends a message again (DUP) when our acknowledgement was lost: after the
+    first copy ended it is still the same announcement, for as long as the broker may hold it
+    (queue.ttl, the session expiry). A new message (no DUP) reusing an id is spoken again."""
+    p, clock, _ = policy(dedup_seconds=0, ttl=300)
+    assert offer(p, "door open", id="x").accepted
+    assert p.next_to_play().id == "x"
+    assert p.done().id == "x"
+    clock.now += 299
+    assert p.offer(p.with_deadline(Announcement(text="door open", id="x", received=clock.now)),
+                   redelivery=True).reason == DUPLICATE
+    assert offer(p, "door open", id="x").accepted  # the same id in a new message
+    p.clear()
+    clock.now += 301
+    assert p.offer(p.with_deadline(Announcement(text="door open", id="x", received=clock.now)),
+                   redelivery=True).accepted  # longer ago than any session keeps it
+
+
+def test_restored_announcements_are_not_coalesced_by_text_but_by_id():
+    p, _, _ = policy(dedup_seconds=10)
+    first, second = (p.with_deadline(Announcement(text="same", id=i, received=p.clock())) for i in ("a", "b"))
+    assert p.offer(first, coalesce=False).accepted and p.offer(second, coalesce=False).accepted
+    assert p.offer(first, coalesce=False).reason == DUPLICATE
 
 
 def test_dedup_off():

@@ -38,6 +38,9 @@ HANDOVER_WAIT = 5.0
 #: How long a reload lets the announcement that plays finish; a longer one is cut off and
 #: queued again under the new config.
 RELOAD_FINISH_LIMIT = 120.0
+#: The main loop's periodic tick (seconds; shorter with a watchdog). READY=1 does not wait
+#: for it: the front end wakes the loop as soon as the broker accepted the connection.
+TICK = 5.0
 
 
 @dataclass
@@ -110,7 +113,7 @@ class Daemon:
                                settings=QueueSettings.from_config(config), volume=volume,
                                journal=Journal(device_file(config.state.dir, "queue", device)),
                                volume_store=store)
-            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set)
+            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
         except BaseException:
             voice.close()
             raise
@@ -125,7 +128,7 @@ class Daemon:
         for ann in expired:
             parts.front.sink(AnnouncementEvent.about(ann, "expired", reason="ttl"))
         for ann in valid:
-            parts.worker.submit(ann)
+            parts.worker.submit(ann, restored=True)
         if valid or expired:
             log.info("restored %d announcement(s) from the last run, %d had expired", len(valid), len(expired))
         parts.worker.persist()
@@ -145,7 +148,7 @@ class Daemon:
         ready = False
         interval = sdnotify.watchdog_interval()
         while not self._stop.is_set():
-            self._wake.wait(timeout=min(interval or 5.0, 5.0))
+            self._wake.wait(timeout=min(interval or TICK, TICK))
             self._wake.clear()
             if self._reload.is_set():
                 self._reload.clear()
@@ -197,7 +200,7 @@ class Daemon:
     def _do_reload(self) -> None:
         old = self.parts
         source = old.config.source
-        sdnotify.notify("RELOADING=1")
+        sdnotify.reloading()
         try:
             config = load_config(source)
         except ConfigError as exc:
@@ -222,7 +225,7 @@ class Daemon:
         new.front.start()
         new.front.connected.wait(HANDOVER_WAIT)  # their events go out on the new connection
         for ann in pending:
-            new.worker.submit(ann)
+            new.worker.submit(ann, restored=True)
         new.worker.persist()
         sdnotify.notify("STATUS=config reloaded")
 

@@ -170,7 +170,8 @@ class QueueConfig:
 
     max_length: int = key(100, integer(1, 10000), "Maximum number of waiting announcements, 1 to 10000.")
     ttl: float = key(300.0, number(gt=0), "Seconds after which a waiting announcement expires.")
-    dedup_seconds: float = key(10.0, number(0), "Identical announcements within this many seconds play once.")
+    dedup_seconds: float = key(10.0, number(0),
+                               "Drop a copy of a queued or playing announcement arriving within this many seconds.")
     resume_interrupted: bool = key(True, boolean(), "Play an announcement cut off by an urgent one again after it.")
 
 

@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -20,6 +20,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
+
+#: paho reconnects after 1, 2, 4… seconds, at most this many.
+RECONNECT_MIN, RECONNECT_MAX = 1, 30
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """paho's own log lines. Its connection errors ("Client is not connected", "failed to
+    receive on socket", one per reconnect attempt and some on a clean stop) go to DEBUG:
+    the bridge reports an outage itself, once. An exception in one of our callbacks stays
+    an error (a bug)."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.WARNING and not str(msg).startswith("Caught exception"):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,8 @@ class Incoming:
     #: packet id and QoS, for the acknowledgement sent once the message is handled
     mid: int = 0
     qos: int = 0
+    #: the broker sends it again (MQTT DUP flag): it was delivered before and not acknowledged
+    dup: bool = False
 
 
 def apply_credentials(client: mqtt.Client, config: Any) -> None:
@@ -80,7 +97,9 @@ class MqttBridge:
         self.v5 = config.protocol == 5
         self.session_expiry = session_expiry
         self.connected = threading.Event()
-        self._outage_logged = False
+        #: while the broker is away: when it went (monotonic) and the problems already warned about
+        self._outage_since: Optional[float] = None
+        self._warned: set = set()
         self._stopping = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -91,8 +110,8 @@ class MqttBridge:
         # a QoS 1 message is acknowledged only once handled (journaled), not when it arrives:
         # the intake thread calls ack(), so a crash in between makes the broker send it again
         self.client.manual_ack_set(True)
-        self.client.enable_logger(logging.getLogger("coze_speaker.paho"))
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.enable_logger(cast(logging.Logger, _PahoLog(logging.getLogger("coze_speaker.paho"), {})))
+        self.client.reconnect_delay_set(min_delay=RECONNECT_MIN, max_delay=RECONNECT_MAX)
         self.client.will_set(will_topic, will_payload, qos=1, retain=True)
         apply_credentials(self.client, config)
         self.client.on_connect = self._handle_connect
@@ -147,33 +166,51 @@ class MqttBridge:
     def _handle_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                         properties: Any) -> None:
         if reason.is_failure:
-            log.warning("MQTT broker %s:%s refused the connection: %s", self.config.host, self.config.port, reason)
+            self._outage(f"refused:{reason}", "the MQTT broker %s:%s refused the connection: %s; retrying",
+                         self.config.host, self.config.port, reason)
             return
         _no_delay(client)
         topics = list(dict.fromkeys(self._subscriptions()))
         if topics:
             client.subscribe([(t, self.config.qos) for t in topics])
-        log.info("connected to MQTT broker %s:%s (subscribed to %d topics)", self.config.host,
-                 self.config.port, len(topics))
+        since, self._outage_since = self._outage_since, None
+        self._warned.clear()
+        if since is None:
+            log.info("connected to MQTT broker %s:%s (subscribed to %d topics)", self.config.host,
+                     self.config.port, len(topics))
+        else:
+            log.info("connected to the MQTT broker %s:%s again after %.0f s (subscribed to %d topics)",
+                     self.config.host, self.config.port, time.monotonic() - since, len(topics))
         self.connected.set()
-        self._outage_logged = False
         try:
             self._on_connect_cb()
         except Exception:
             log.exception("on-connect handler failed")
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if not self._outage_logged:
-            self._outage_logged = True
-            log.warning("cannot reach the MQTT broker %s:%s; retrying every few seconds",
-                        self.config.host, self.config.port)
+        self._outage("unreachable", "cannot reach the MQTT broker %s:%s; retrying every %d to %d s",
+                     self.config.host, self.config.port, RECONNECT_MIN, RECONNECT_MAX)
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                            properties: Any) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was and not self._stopping:
-            log.warning("lost the MQTT broker (%s); reconnecting", reason)
+        if was:
+            self._outage("unreachable", "lost the MQTT broker %s:%s (%s); reconnecting every %d to %d s",
+                         self.config.host, self.config.port, reason, RECONNECT_MIN, RECONNECT_MAX)
+
+    def _outage(self, problem: str, message: str, *args: Any) -> None:
+        """One warning per problem while the broker is away (a reconnect attempt every few
+        seconds must not fill the journal); nothing on a stop we asked for."""
+        if self._stopping:
+            return
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+        if problem in self._warned:
+            log.debug(message, *args)
+            return
+        self._warned.add(problem)
+        log.warning(message, *args)
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         expiry = response_topic = correlation = None
@@ -184,7 +221,8 @@ class MqttBridge:
             correlation = getattr(props, "CorrelationData", None)
         incoming = Incoming(topic=message.topic, payload=bytes(message.payload), retain=bool(message.retain),
                             received=time.monotonic(), expiry=expiry, response_topic=response_topic,
-                            correlation_data=correlation, mid=message.mid, qos=message.qos)
+                            correlation_data=correlation, mid=message.mid, qos=message.qos,
+                            dup=bool(message.dup))
         try:
             self._on_message(incoming)
         except Exception:  # a handler bug must not kill paho's network thread

@@ -21,6 +21,7 @@ from .. import __version__, sdnotify
 from ..cache import CacheError, PhraseCache
 from ..queue.announcement import Announcement, PayloadError, make_announcement, parse_say
 from ..queue.events import AnnouncementEvent, QueueEvent, StateChanged
+from ..queue.state import StateStore
 from ..queue.worker import Announcer
 from .bridge import Incoming, MqttBridge
 from .hermes import HermesError, HermesSay, HermesSayFinished
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 
 #: The retained state is published at most this often (seconds).
 STATE_INTERVAL = 0.2
+#: The state's `last` (the last announcement spoken to the end) keeps this many characters;
+#: it is kept in the state dir under this name, so a restart or reload does not blank it.
+LAST_CHARS = 250
+LAST_FILE = "last"
 _STOP_INTAKE = object()
 
 
@@ -50,10 +55,13 @@ class MqttFrontEnd:
     """Routes `say`, `stop`, `volume/set`, Hermes and HA status to one queue worker."""
 
     def __init__(self, config: Any, worker: Announcer, cache: Optional[PhraseCache] = None, *,
-                 on_connected: Callable[[], None] = lambda: None) -> None:
+                 on_connected: Callable[[], None] = lambda: None, store: Optional[StateStore] = None) -> None:
         self.config = config
         self.worker = worker
         self.cache = cache
+        self.store = store
+        self._last: Optional[str] = None
+        self._last_unsaved: Optional[dict] = None
         mqtt = config.mqtt
         self.topics = Topics(mqtt.base_topic, mqtt.device_id, tuple(mqtt.groups),
                              config.homeassistant.discovery_prefix)
@@ -88,6 +96,7 @@ class MqttFrontEnd:
 
     def start(self) -> None:
         """Start the intake thread and connect in the background."""
+        self._load_last()  # here, not at build: on a reload the old front end has saved it by now
         self._intake = threading.Thread(target=self._take_in, name="coze-speaker-intake", daemon=True)
         self._intake.start()
         self._state_thread = threading.Thread(target=self._publish_states, name="coze-speaker-state", daemon=True)
@@ -106,6 +115,7 @@ class MqttFrontEnd:
         if self._state_thread is not None:
             self._state_thread.join(timeout)
         self._publish_state_now(final=True)  # the retained state says how it was left
+        self._save_last()
         if offline:
             self.bridge.stop(self.topics.availability, NOT_AVAILABLE)
         else:
@@ -178,7 +188,7 @@ class MqttFrontEnd:
             return self.event_messages(AnnouncementEvent.about(ann, "dropped", reason="retained"))
         if ann.ttl is None and msg.expiry:
             ann = ann.replace(deadline=msg.received + msg.expiry)
-        self.worker.submit(ann)
+        self.worker.submit(ann, redelivery=msg.dup)
         return []
 
     def response_topic_allowed(self, topic: str) -> bool:
@@ -212,10 +222,10 @@ class MqttFrontEnd:
                                     id=say.id or f"hermes-{time.monotonic_ns()}", source="hermes",
                                     volume=None if say.volume is None else int(round(say.volume * 100)),
                                     received=msg.received, site_id=say.site_id, session_id=say.session_id)
-        except PayloadError as exc:
-            return [Publish(HermesError.TOPIC, HermesError(str(exc), say.site_id, session_id=say.session_id).payload()),
-                    Publish(HermesSayFinished.TOPIC, HermesSayFinished(say.id, say.site_id, say.session_id).payload())]
-        self.worker.submit(ann)
+        except PayloadError as exc:  # not spoken: an error, and no sayFinished
+            return [Publish(HermesError.TOPIC, HermesError(str(exc), say.site_id, context=say.id,
+                                                           session_id=say.session_id).payload())]
+        self.worker.submit(ann, redelivery=msg.dup)
         return []
 
     # -- MQTT out -------------------------------------------------------------------------
@@ -225,6 +235,10 @@ class MqttFrontEnd:
         if isinstance(event, StateChanged):
             self.publish_state()
             return
+        if event.event == "finished":  # spoken: the state's `last` (saved by the state thread)
+            with self._state_lock:
+                self._last = event.text[:LAST_CHARS]
+                self._last_unsaved = {"text": self._last, "id": event.id, "ts": round(event.ts, 3)}
         for out in self.event_messages(event):
             self.publish(out)
 
@@ -240,13 +254,22 @@ class MqttFrontEnd:
         if ann.response_topic:
             out.append(Publish(ann.response_topic, payload, correlation_data=ann.correlation_data))
         if ann.source == "hermes":
-            site = ann.site_id or self.config.hermes.site_id
-            if event.event == "failed":
-                message = (event.error or {}).get("message", "failed")
-                out.append(Publish(HermesError.TOPIC, HermesError(message, site, context=ann.id,
-                                                                  session_id=ann.session_id).payload()))
-            out.append(Publish(HermesSayFinished.TOPIC, HermesSayFinished(ann.id, site, ann.session_id).payload()))
+            out.append(self._hermes_outcome(event, ann))
         return out
+
+    def _hermes_outcome(self, event: AnnouncementEvent, ann: Announcement) -> Publish:
+        """sayFinished means spoken: only a `finished` say gets it. Any other end (failed,
+        dropped, expired, interrupted) gets hermes/error/tts, saying why, with the say's id
+        as context."""
+        site = ann.site_id or self.config.hermes.site_id
+        if event.event == "finished":
+            return Publish(HermesSayFinished.TOPIC, HermesSayFinished(ann.id, site, ann.session_id).payload())
+        if event.event == "failed":
+            message = (event.error or {}).get("message") or "failed"
+        else:
+            message = f"{event.event}: {event.reason}" if event.reason else event.event
+        return Publish(HermesError.TOPIC, HermesError(message, site, context=ann.id,
+                                                      session_id=ann.session_id).payload())
 
     def _on_connected(self) -> None:
         self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
@@ -278,6 +301,7 @@ class MqttFrontEnd:
                     return
             self._state_dirty.clear()
             self._publish_state_now()
+            self._save_last()
             time.sleep(STATE_INTERVAL)  # bounded: the thread ends with the front end
 
     def state(self) -> Optional[SpeakerState]:
@@ -292,7 +316,22 @@ class MqttFrontEnd:
         worker = self.worker
         return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
-                            last=(worker.last_text or "")[:250] or None)
+                            last=self._last or None)
+
+    def _load_last(self) -> None:
+        saved = self.store.load(LAST_FILE) if self.store is not None else None
+        text = saved.get("text") if isinstance(saved, dict) else None
+        with self._state_lock:
+            if isinstance(text, str) and self._last is None:
+                self._last = text[:LAST_CHARS]
+
+    def _save_last(self) -> None:
+        """Keep the last announcement spoken in the state dir (off the worker's path: an fsync
+        on an SD card can take a while)."""
+        with self._state_lock:
+            summary, self._last_unsaved = self._last_unsaved, None
+        if summary is not None and self.store is not None:
+            self.store.save(LAST_FILE, summary)
 
     def _publish_state_now(self, *, final: bool = False) -> None:
         state = self.state()

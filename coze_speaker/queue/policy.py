@@ -9,11 +9,18 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..vocabulary import PRIORITY_RANK
 from .announcement import Announcement
+
+#: Admission reason for the same announcement again (its id is pending, or a broker
+#: redelivery of one that ended): coalesced silently, the first copy's events stand.
+DUPLICATE = "duplicate"
+#: At most this many ended ids are remembered for recognizing redeliveries.
+MAX_ENDED_IDS = 10000
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,12 @@ class QueuePolicy:
     def __post_init__(self) -> None:
         self._waiting: List[_Entry] = []
         self._seq = itertools.count()
-        self._recent: Dict[tuple, float] = {}
+        #: pending (waiting or playing) ids -> (dedup key, when accepted)
+        self._pending: Dict[str, Tuple[tuple, float]] = {}
+        #: dedup key -> {pending id: when accepted}
+        self._copies: Dict[tuple, Dict[str, float]] = {}
+        #: ids that ended -> when, oldest first (to recognize a broker redelivery)
+        self._ended: "OrderedDict[str, float]" = OrderedDict()
         self.playing: Optional[Announcement] = None
 
     # -- intake ---------------------------------------------------------------------------
@@ -92,19 +104,25 @@ class QueuePolicy:
         ttl = ann.ttl if ann.ttl is not None else self.settings.ttl
         return ann.replace(deadline=(ann.received or self.clock()) + ttl)
 
-    def offer(self, ann: Announcement) -> Admission:
-        """Queue an announcement (its deadline already set) or say why not."""
+    def offer(self, ann: Announcement, *, redelivery: bool = False, coalesce: bool = True) -> Admission:
+        """Queue an announcement (its deadline already set) or say why not.
+
+        An id names one announcement: the same id while it is pending, or a broker
+        redelivery (`redelivery`: the MQTT DUP flag) of one that ended less than `ttl` ago
+        (the broker keeps an unacknowledged message that long: the session expiry), is
+        refused as DUPLICATE. A copy of the same text (same voice, emotion, speed) that
+        arrives within `dedup_seconds` while the first is still queued or playing is
+        refused as "dedup"; once the first has ended, the text is spoken again.
+        `coalesce=False` (announcements restored from the journal or handed over by a
+        reload: accepted once already) skips that text check."""
         now = self.clock()
         if ann.expired(now):
             return Admission(False, "expired")
-        pending = {e.announcement.id for e in self._waiting}
-        if self.playing is not None:
-            pending.add(self.playing.id)
-        if ann.id in pending:
-            return Admission(False, "dedup")  # the same message again (a broker redelivery)
+        if ann.id in self._pending or (redelivery and self._ended_recently(ann.id, now)):
+            return Admission(False, DUPLICATE)
         key = _dedup_key(ann)
-        seen = self._recent.get(key)
-        if self.settings.dedup_seconds > 0 and seen is not None and now - seen < self.settings.dedup_seconds:
+        window = self.settings.dedup_seconds
+        if coalesce and window > 0 and any(now - t < window for t in self._copies.get(key, {}).values()):
             return Admission(False, "dedup")
         entry = _Entry(ann, next(self._seq))
         self._waiting.append(entry)
@@ -114,14 +132,36 @@ class QueuePolicy:
             evicted = self._waiting.pop().announcement  # lowest priority, latest arrival
             if evicted is ann:
                 return Admission(False, "queue_full")
-        self._recent[key] = now
-        self._forget_old(now)
+            self._end(evicted)
+        self._track(ann, now)
         return Admission(True, evicted=evicted, interrupt=ann.urgent and self.playing is not None)
 
-    def _forget_old(self, now: float) -> None:
-        if len(self._recent) > 256:
-            horizon = now - self.settings.dedup_seconds
-            self._recent = {k: t for k, t in self._recent.items() if t >= horizon}
+    def _track(self, ann: Announcement, now: float) -> None:
+        if ann.id in self._pending:
+            return
+        key = _dedup_key(ann)
+        self._pending[ann.id] = (key, now)
+        self._copies.setdefault(key, {})[ann.id] = now
+
+    def _end(self, ann: Announcement) -> None:
+        """It left the queue for good: no longer pending; its id is remembered for a while."""
+        tracked = self._pending.pop(ann.id, None)
+        if tracked is not None:
+            copies = self._copies.get(tracked[0])
+            if copies is not None:
+                copies.pop(ann.id, None)
+                if not copies:
+                    del self._copies[tracked[0]]
+        now = self.clock()
+        self._ended.pop(ann.id, None)
+        self._ended[ann.id] = now
+        horizon = now - self.settings.ttl
+        while self._ended and (len(self._ended) > MAX_ENDED_IDS or next(iter(self._ended.values())) < horizon):
+            self._ended.popitem(last=False)
+
+    def _ended_recently(self, ann_id: str, now: float) -> bool:
+        ended = self._ended.get(ann_id)
+        return ended is not None and now - ended <= self.settings.ttl
 
     # -- output ---------------------------------------------------------------------------
 
@@ -131,6 +171,8 @@ class QueuePolicy:
         expired = [e for e in self._waiting if e.announcement.expired(now)]
         if expired:
             self._waiting = [e for e in self._waiting if not e.announcement.expired(now)]
+            for e in expired:
+                self._end(e.announcement)
         return [e.announcement for e in expired]
 
     def next_to_play(self) -> Optional[Announcement]:
@@ -153,6 +195,8 @@ class QueuePolicy:
     def done(self) -> Optional[Announcement]:
         """The playing announcement has ended."""
         ended, self.playing = self.playing, None
+        if ended is not None:
+            self._end(ended)
         return ended
 
     def requeue(self, ann: Announcement, *, resume: bool = False) -> None:
@@ -162,10 +206,13 @@ class QueuePolicy:
             self.playing = None
         self._waiting.append(_Entry(ann, next(self._seq), resumed=resume))
         self._waiting.sort(key=_Entry.sort_key)
+        self._track(ann, self.clock())
 
     def clear(self) -> List[Announcement]:
         """Remove every waiting announcement."""
         cleared, self._waiting = [e.announcement for e in self._waiting], []
+        for ann in cleared:
+            self._end(ann)
         return cleared
 
     def waiting(self) -> List[Announcement]:

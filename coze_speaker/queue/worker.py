@@ -25,7 +25,7 @@ from ..voice.source import MAX_AHEAD_BYTES, AudioSource, OpenSpeech
 from .announcement import Announcement
 from .events import AnnouncementEvent, EventSink, StateChanged
 from .journal import Journal
-from .policy import QueuePolicy, QueueSettings
+from .policy import DUPLICATE, QueuePolicy, QueueSettings
 from .state import StateStore
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,6 @@ class Announcer:
         self._stuck_after: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
-        self.last_text: Optional[str] = None
 
     @property
     def settings(self) -> QueueSettings:
@@ -93,8 +92,11 @@ class Announcer:
 
     # -- intake ---------------------------------------------------------------------------
 
-    def submit(self, ann: Announcement) -> bool:
-        """Accept an announcement (event `queued`) or refuse it with one final event."""
+    def submit(self, ann: Announcement, *, redelivery: bool = False, restored: bool = False) -> bool:
+        """Accept an announcement (event `queued`) or refuse it with one final event; the same
+        announcement again (its id pending, or a broker `redelivery` of one that ended) is
+        coalesced without an event. `restored`: accepted before (journal, reload), so it is
+        not coalesced with a pending copy of its text."""
         ann = self.policy.with_deadline(ann)
         try:
             request = self.requests.build(ann.text, voice_id=ann.voice, emotion=ann.emotion,
@@ -110,7 +112,7 @@ class Announcer:
         item = _Item(request, chime, CancelToken(ann.deadline, clock=self._clock))
         evicted_item: Optional[_Item] = None
         with self._lock:  # held until `queued` is out, so `started` can never overtake it
-            admission = self.policy.offer(ann)
+            admission = self.policy.offer(ann, redelivery=redelivery, coalesce=not restored)
             if admission.accepted:
                 self._items[ann.id] = item
                 if admission.evicted is not None:
@@ -121,6 +123,9 @@ class Announcer:
                 if admission.interrupt and playing is not None:
                     self._items[playing.id].token.cancel(INTERRUPTED_BY + ann.id)
             self._lock.notify_all()
+        if admission.reason == DUPLICATE:
+            log.debug("announcement %s arrived again (a redelivery); coalesced", ann.id)
+            return False
         if not admission.accepted:
             self._event(ann, "expired" if admission.reason == "expired" else "dropped",
                         reason="ttl" if admission.reason == "expired" else admission.reason)
@@ -335,7 +340,6 @@ class Announcer:
         if item.token.expired():
             return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
         volume = self.policy.volume_for(ann, self.volume)
-        self.last_text = ann.text
         self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
         token = item.token
         disarm = _expire_at_deadline(token)
