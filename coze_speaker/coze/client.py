@@ -1,0 +1,239 @@
+"""A thin, honest client for Coze's three audio endpoints over one requests.Session.
+
+Every call costs the user money or quota, so parameters are validated before anything is
+sent, only failures that can succeed later are retried, and a clone is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+from .. import __version__
+from .errors import CozeError, CozeValidationError
+from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
+from .responses import envelope_error, is_json, logid_of, read_json, reason_of, requests_module, short_text
+from .stream import SpeechStream
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+
+
+class CozeClient:
+    """Coze's audio API: synthesize speech, list voices, clone a voice."""
+
+    def __init__(
+        self,
+        token: Any,
+        base_url: str = "https://api.coze.cn",
+        *,
+        timeout: float = 15.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        session: Optional[requests.Session] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._token = token.reveal() if hasattr(token, "reveal") else token
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._session = session
+
+    @property
+    def session(self) -> "requests.Session":
+        """The one HTTP session (keep-alive to Coze), made at the first request."""
+        if self._session is None:
+            self._session = requests_module().Session()
+        self._session.headers["User-Agent"] = f"coze-speaker/{__version__}"
+        return self._session
+
+    @classmethod
+    def from_config(cls, coze_config: Any, **kwargs: Any) -> "CozeClient":
+        """A client for the `coze:` section of the configuration."""
+        return cls(coze_config.token, coze_config.base_url, timeout=coze_config.timeout,
+                   retries=coze_config.retries, **kwargs)
+
+    @property
+    def host(self) -> str:
+        """The API host: part of every cache key, since regions may differ in voices."""
+        return urlsplit(self.base_url).netloc
+
+    def __repr__(self) -> str:
+        return f"CozeClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def __enter__(self) -> "CozeClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- text to speech ---------------------------------------------------------------
+
+    def synthesize(
+        self,
+        text: str,
+        voice_id: str,
+        *,
+        response_format: str = "pcm",
+        sample_rate: int = 24000,
+        speed: float = 1.0,
+        emotion: Optional[str] = None,
+        emotion_scale: Optional[float] = None,
+        loudness_rate: int = 0,
+        context_texts: Optional[str] = None,
+    ) -> SpeechStream:
+        """Start synthesizing text; iterate the result for audio chunks as they arrive.
+
+        Raises CozeValidationError at once (before any request) for a parameter Coze would
+        reject; nothing is sent until the stream is iterated.
+        """
+        params = SpeechParams(voice_id, response_format, sample_rate, speed, emotion,
+                              emotion_scale, loudness_rate, context_texts)
+        return self.speech(text, params)
+
+    def speech(self, text: str, params: SpeechParams) -> SpeechStream:
+        """synthesize() for callers that already hold a SpeechParams."""
+        validate_input(text)
+        params.validate()
+        self._require_token()
+        return SpeechStream(self, text, params)
+
+    # -- voices -----------------------------------------------------------------------
+
+    def list_voices(
+        self,
+        *,
+        filter_system_voice: bool = False,
+        model_type: Optional[str] = None,
+        voice_state: Optional[str] = None,
+        page_size: int = 100,
+        max_pages: int = 1000,
+    ) -> Iterator[dict]:
+        """Yield every voice, page after page, until Coze says there are no more."""
+        if model_type is not None and model_type not in MODEL_TYPES:
+            raise CozeValidationError("model_type", f"{model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+        if voice_state is not None and voice_state not in VOICE_STATES:
+            raise CozeValidationError("voice_state", f"{voice_state!r} is not one of {', '.join(VOICE_STATES)}")
+        if not_int(page_size) or not 1 <= page_size <= 100:
+            raise CozeValidationError("page_size", f"{page_size!r} is outside 1..100")
+        self._require_token()
+        query: dict[str, Any] = {"filter_system_voice": "true" if filter_system_voice else "false",
+                                 "page_size": page_size}
+        if model_type:
+            query["model_type"] = model_type
+        if voice_state:
+            query["voice_state"] = voice_state
+        for page in range(1, max_pages + 1):
+            data = self._json_call("GET", "/v1/audio/voices", retry=True,
+                                   params={**query, "page_num": page})
+            voices = (data or {}).get("voice_list") or []
+            yield from voices
+            if not (data or {}).get("has_more") or not voices:
+                return
+        log.warning("stopped listing voices after %d pages", max_pages)
+
+    def clone_voice(
+        self,
+        path: Union[str, Path],
+        name: str,
+        *,
+        audio_format: Optional[str] = None,
+        language: Optional[str] = None,
+        voice_id: Optional[str] = None,
+        text: Optional[str] = None,
+        preview_text: Optional[str] = None,
+        space_id: Optional[str] = None,
+    ) -> str:
+        """Clone the voice in a recording and return its voice_id.
+
+        Cloning is billed per voice: everything Coze would refuse is checked here first,
+        and the request is sent exactly once, never retried.
+        """
+        path = Path(path)
+        audio_format = audio_format or path.suffix.lower().lstrip(".")
+        fields = clone_fields(path, name, audio_format, language, voice_id, text, preview_text, space_id)
+        self._require_token()
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, f"audio/{audio_format}")}
+            data = self._json_call("POST", "/v1/audio/voices/clone", retry=False,
+                                   data=fields, files=files)
+        new_id = (data or {}).get("voice_id")
+        if not isinstance(new_id, str) or not new_id:
+            raise CozeError("the clone answer holds no voice_id")
+        return new_id
+
+    # -- transport --------------------------------------------------------------------
+
+    def _require_token(self) -> None:
+        if not self._token:
+            raise CozeError("no Coze token configured (set coze.token, coze.token_file or $COZE_API_TOKEN)")
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange; raises CozeError for any failure, marked retryable or not."""
+        requests = requests_module()
+        headers = {"Authorization": f"Bearer {self._token}"}
+        try:
+            response = self.session.request(method, self.base_url + path, headers=headers,
+                                            timeout=(CONNECT_TIMEOUT, self.timeout), **kwargs)
+        except requests.exceptions.Timeout:
+            raise CozeError(f"no answer from {self.host} within {self.timeout:g} s", retryable=True) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None
+        except requests.exceptions.RequestException as exc:
+            raise CozeError(f"request to {self.host} failed ({reason_of(exc)})") from None
+        if is_json(response):
+            envelope = read_json(response)
+            code = envelope.get("code") if isinstance(envelope, dict) else None
+            if code != 0 or response.status_code >= 400:
+                raise envelope_error(response, envelope)
+            if kwargs.get("stream"):
+                response.close()
+                raise CozeError("Coze answered with JSON instead of audio", status=response.status_code,
+                                logid=logid_of(response, envelope))
+            response._coze_envelope = envelope  # type: ignore[attr-defined]
+            return response
+        if response.status_code >= 400:
+            text = short_text(response)
+            response.close()
+            raise CozeError(f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else ""),
+                            status=response.status_code, logid=logid_of(response),
+                            retryable=response.status_code >= 500 or response.status_code in (408, 429))
+        return response
+
+    def _json_call(self, method: str, path: str, *, retry: bool, **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, path, **kwargs)
+                envelope = getattr(response, "_coze_envelope", None)
+                if envelope is None:
+                    raise CozeError("Coze answered without a JSON body", status=response.status_code,
+                                    logid=logid_of(response))
+                return envelope.get("data")
+            except CozeError as exc:
+                if not retry or not exc.retryable or attempt >= self.retries:
+                    raise
+                attempt += 1
+                self._pause(attempt, exc)
+
+    def _pause(self, attempt: int, exc: CozeError) -> None:
+        delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        log.info("%s; retry %d of %d in %.1f s", exc, attempt, self.retries, delay)
+        self._sleep(delay)

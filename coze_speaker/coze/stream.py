@@ -1,0 +1,148 @@
+"""One synthesis as a stream of audio chunks, read while Coze is still sending it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator, Optional
+
+from ..sound import wav
+from .errors import CozeError
+from .params import SpeechParams
+from .responses import logid_of, reason_of, requests_module
+
+if TYPE_CHECKING:
+    import requests
+
+    from .client import CozeClient
+
+
+class SpeechStream:
+    """The audio of one synthesis, iterated as chunks while Coze is still sending it.
+
+    For pcm every chunk holds whole 16-bit frames. Iteration ends only when the whole body
+    arrived; a body that ends early is fetched again (skipping what was already given out)
+    or raises CozeError, so partial audio never looks like success. ``resumed`` tells a
+    cache that the audio was joined from two responses.
+    """
+
+    def __init__(self, client: "CozeClient", text: str, params: SpeechParams) -> None:
+        self._client = client
+        self._text = text
+        self.params = params
+        self.resumed = False
+        self.logid: Optional[str] = None
+        self.complete = False
+        self._response: Optional[requests.Response] = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        delivered = 0
+        attempt = 0
+        while True:
+            try:
+                for chunk in self._attempt(skip=delivered):
+                    delivered += len(chunk)
+                    yield chunk
+                self.complete = True
+                return
+            except CozeError as exc:
+                if not exc.retryable or attempt >= self._client.retries:
+                    raise
+                attempt += 1
+                if delivered:
+                    self.resumed = True
+                self._client._pause(attempt, exc)
+            finally:
+                self.close()
+
+    def read_all(self) -> bytes:
+        """Collect the whole body: for callers that need it at once (a file, a test)."""
+        return b"".join(self)
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+
+    def _attempt(self, skip: int) -> Iterator[bytes]:
+        requests = requests_module()
+        response = self._client._send(
+            "POST", "/v1/audio/speech", json=self._text_body(), stream=True
+        )
+        self._response = response
+        self.logid = logid_of(response)
+        expected = response.headers.get("Content-Length")
+        frames = _PcmFramer(expected_rate=self.params.sample_rate) if self.params.response_format == "pcm" else None
+        received = 0
+        to_skip = skip
+        try:
+            for raw in response.iter_content(chunk_size=8192):
+                received += len(raw)
+                chunk = frames.feed(raw) if frames else raw
+                if to_skip:
+                    cut = min(to_skip, len(chunk))
+                    chunk, to_skip = chunk[cut:], to_skip - cut
+                if chunk:
+                    yield chunk
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
+            raise CozeError(f"audio stream broke off after {received} bytes ({reason_of(exc)})",
+                            status=response.status_code, logid=self.logid, retryable=True) from None
+        except requests.exceptions.Timeout:
+            raise CozeError(f"audio stream stalled after {received} bytes (no data for {self._client.timeout:g} s)",
+                            status=response.status_code, logid=self.logid, retryable=True) from None
+        if expected is not None and expected.isdigit() and received < int(expected):
+            raise CozeError(f"audio stream ended after {received} of {expected} bytes",
+                            status=response.status_code, logid=self.logid, retryable=True)
+        if frames:
+            frames.finish(self.logid)
+        if received == 0:
+            raise CozeError("Coze sent an empty audio body", status=response.status_code,
+                            logid=self.logid, retryable=True)
+        if to_skip:
+            raise CozeError("the retried audio is shorter than what was already played",
+                            status=response.status_code, logid=self.logid)
+
+    def _text_body(self) -> dict:
+        return self.params.body(self._text)
+
+
+class _PcmFramer:
+    """Hands out whole 16-bit frames and strips a WAV header if Coze sent one anyway."""
+
+    def __init__(self, expected_rate: int) -> None:
+        self._rate = expected_rate
+        self._carry = b""
+        self._head: Optional[bytearray] = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        if self._head is not None:
+            self._head += data
+            if len(self._head) < 4:
+                return b""
+            if not wav.is_riff(self._head):
+                data, self._head = bytes(self._head), None
+            else:
+                payload = _strip_wav_header(bytes(self._head), self._rate)
+                if payload is None:
+                    return b""
+                data, self._head = payload, None
+        data = self._carry + data
+        cut = len(data) - (len(data) % 2)
+        self._carry = data[cut:]
+        return data[:cut]
+
+    def finish(self, logid: Optional[str]) -> None:
+        if self._head:
+            raise CozeError("Coze sent a WAV body whose header is cut short", logid=logid, retryable=True)
+        if self._carry:
+            raise CozeError("Coze sent pcm audio of odd length (not 16-bit frames)", logid=logid, retryable=True)
+
+
+def _strip_wav_header(head: bytes, rate: int) -> Optional[bytes]:
+    """Return the samples after a WAV header, or None while the header is incomplete.
+
+    Raises as soon as the fmt chunk shows anything but pcm s16 mono at the asked rate.
+    """
+    fmt, offset = wav.find_data(head)
+    if fmt is not None and (fmt.format_tag, fmt.channels, fmt.rate, fmt.bits) != (1, 1, rate, 16):
+        raise CozeError(f"Coze sent WAV audio as {fmt.rate} Hz, {fmt.channels} channel(s), {fmt.bits} bit "
+                        f"instead of pcm s16 mono {rate} Hz")
+    return None if offset is None else head[offset:]
