@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import TOKEN, VOICE
@@ -272,3 +274,72 @@ def test_clone_missing_file(fake_coze, tmp_path):
         with pytest.raises(CozeValidationError) as info:
             client.clone_voice(tmp_path / "nope.wav", "X")
     assert "does not exist" in str(info.value)
+
+
+# -- what counts as audio ----------------------------------------------------------------------
+
+HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>Portal</title></head>"
+             "<body><h1>Please sign in to the hotel Wi-Fi</h1></body></html>\n")
+HTML_PAGE += " " * (len(HTML_PAGE) % 2)  # even length: it would pass for 16-bit pcm
+
+
+def envelope(code, msg, logid="20250101000000LOGIDINBODY"):
+    body = json.dumps({"code": code, "msg": msg, "detail": {"logid": logid}})
+    return body + " " * (len(body) % 2)
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "audio/pcm", "application/octet-stream"])
+def test_an_html_page_is_an_error_not_audio(fake_coze, content_type):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=HTML_PAGE, content_type=content_type))
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.synthesize("hello", VOICE).read_all()
+    err = info.value
+    assert err.status == 200 and not err.retryable and "hotel Wi-Fi" in str(err)
+    assert err.logid == fake_coze.requests_to(SPEECH)[0].logid  # from the X-Tt-Logid header
+    assert len(fake_coze.requests_to(SPEECH)) == 1  # a portal does not go away in a second
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "audio/pcm", "text/html"])
+def test_a_json_error_under_another_label_carries_its_code_and_logid(fake_coze, content_type):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=envelope(4200, "voice not found"),
+                                      content_type=content_type))
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.synthesize("hello", VOICE).read_all()
+    err = info.value
+    assert err.code == 4200 and err.logid == "20250101000000LOGIDINBODY" and "voice not found" in str(err)
+    assert len(fake_coze.requests_to(SPEECH)) == 1  # 4200 is final
+
+
+def test_a_retryable_json_error_labelled_text_is_retried(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=envelope(5000, "internal"), content_type="text/plain"))
+    with client_for(fake_coze) as client:
+        stream = client.synthesize("hello", VOICE)
+        assert stream.read_all() == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 2 and not stream.resumed
+
+
+def test_audio_that_starts_with_a_brace_is_still_audio(fake_coze):
+    """`{"` is also a 16-bit sample; only a text opening (64 printable bytes) makes a document."""
+    body = b'{"' + bytes(range(256)) * 4
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=body, content_type="audio/pcm"))
+    with client_for(fake_coze) as client:
+        assert client.synthesize("hello", VOICE).read_all() == body
+
+
+@pytest.mark.parametrize("head, document", [
+    (b'{"code": 4000, "msg": "bad"}', True),
+    (b'\xef\xbb\xbf  {"code": 4000}', True),
+    (b"[1, 2, 3]", True),
+    (b"<html><body>502</body></html>", True),
+    (b"<?xml version='1.0'?><Error/>", True),
+    (b'{"' + b"\x00\x10" * 40, False),
+    (b"<\x00\x10\x00" * 20, False),
+    (b"\x00\x00\x01\x00" * 20, False),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", False),
+    (b"", False),
+])
+def test_what_looks_like_a_document(head, document):
+    from coze_speaker.coze.responses import looks_like_document
+    assert looks_like_document(head) is document

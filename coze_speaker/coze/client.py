@@ -6,6 +6,7 @@ sent, only failures that can succeed later are retried, and a clone is never ret
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 from .. import __version__
 from .errors import CozeError, CozeValidationError
 from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
-from .responses import envelope_error, is_json, logid_of, read_json, reason_of, requests_module, short_text
+from .responses import MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of, requests_module
 from .stream import SpeechStream
 
 if TYPE_CHECKING:
@@ -197,23 +198,16 @@ class CozeClient:
             raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None
         except requests.exceptions.RequestException as exc:
             raise CozeError(f"request to {self.host} failed ({reason_of(exc)})") from None
-        if is_json(response):
-            envelope = read_json(response)
-            code = envelope.get("code") if isinstance(envelope, dict) else None
-            if code != 0 or response.status_code >= 400:
-                raise envelope_error(response, envelope)
-            if kwargs.get("stream"):
+        stream = bool(kwargs.get("stream"))
+        if not stream or is_json(response) or response.status_code >= 400:
+            body = read_up_to(response.iter_content(8192), MAX_ERROR_BODY) if stream else response.content
+            envelope = _json_object(body)
+            if envelope is not None and envelope.get("code") == 0 and response.status_code < 400 and not stream:
+                response._coze_envelope = envelope  # type: ignore[attr-defined]
+                return response
+            if stream or response.status_code >= 400 or is_json(response) or envelope is not None:
                 response.close()
-                raise CozeError("Coze answered with JSON instead of audio", status=response.status_code,
-                                logid=logid_of(response, envelope))
-            response._coze_envelope = envelope  # type: ignore[attr-defined]
-            return response
-        if response.status_code >= 400:
-            text = short_text(response)
-            response.close()
-            raise CozeError(f"HTTP {response.status_code} {response.reason or ''}".strip() + (f": {text}" if text else ""),
-                            status=response.status_code, logid=logid_of(response),
-                            retryable=response.status_code >= 500 or response.status_code in (408, 429))
+                raise answer_error(response, body)
         return response
 
     def _json_call(self, method: str, path: str, *, retry: bool, **kwargs: Any) -> Any:
@@ -237,3 +231,12 @@ class CozeClient:
         delay = delay / 2 + random.uniform(0, delay / 2)
         log.info("%s; retry %d of %d in %.1f s", exc, attempt, self.retries, delay)
         self._sleep(delay)
+
+
+def _json_object(body: bytes) -> Optional[dict]:
+    """The body as a JSON object, None when it is not one."""
+    try:
+        value = json.loads(body.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from ..sound import wav
 from .errors import CozeError
 from .params import SpeechParams
-from .responses import logid_of, reason_of, requests_module
+from .responses import (MAX_ERROR_BODY, SNIFF_BYTES, answer_error, content_type, is_audio_type, logid_of,
+                        looks_like_document, read_up_to, reason_of, requests_module)
 
 if TYPE_CHECKING:
     import requests
@@ -74,7 +75,7 @@ class SpeechStream:
         received = 0
         to_skip = skip
         try:
-            for raw in response.iter_content(chunk_size=8192):
+            for raw in self._body(response):
                 received += len(raw)
                 chunk = frames.feed(raw) if frames else raw
                 if to_skip:
@@ -99,6 +100,25 @@ class SpeechStream:
         if to_skip:
             raise CozeError("the retried audio is shorter than what was already played",
                             status=response.status_code, logid=self.logid)
+
+    @staticmethod
+    def _body(response: requests.Response) -> Iterator[bytes]:
+        """The raw body once it is plausibly audio: labelled audio/* or octet-stream and not
+        opening like JSON or markup. Anything else raises the error it carries, so an error
+        page is never played or cached."""
+        chunks = response.iter_content(chunk_size=8192)
+        head = b""
+        if is_audio_type(content_type(response)):
+            for raw in chunks:
+                head += raw
+                if len(head) >= SNIFF_BYTES:
+                    break
+            if not looks_like_document(head):
+                if head:
+                    yield head
+                yield from chunks
+                return
+        raise answer_error(response, head + read_up_to(chunks, MAX_ERROR_BODY - len(head)))
 
     def _text_body(self) -> dict:
         return self.params.body(self._text)

@@ -1,0 +1,59 @@
+"""Coze misbehaving in ways that cost time or money: a trickling answer, Retry-After, the
+spending caps counting every request (across retries and restarts), and error pages that
+must never be played or cached.
+
+Real mosquitto, the fake Coze over real HTTP, real aplay into the ALSA file sink; the daemon
+in-process (a thread) or as a real process where a restart is part of the fault.
+"""
+
+from __future__ import annotations
+
+import json
+
+from alsa_sink import alsa_sink  # noqa: F401
+from fake_coze import Fault
+from mqtt_helpers import broker, probe  # noqa: F401
+from test_daemon import EVENT, SAY, SPEECH, pcm, start_daemon  # noqa: F401
+
+# -- an error page is not audio ------------------------------------------------------------------
+
+HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>Sign in</title></head>"
+             "<body><h1>Please sign in to the hotel Wi-Fi</h1></body></html>\n")
+HTML_PAGE += " " * (len(HTML_PAGE) % 2)  # even length: it would pass for 16-bit pcm
+
+
+def test_an_html_page_with_status_200_is_not_played_or_cached(start_daemon, probe, fake_coze, alsa_sink):
+    start_daemon()
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=HTML_PAGE, content_type="text/html"))
+    probe.publish(SAY, {"text": "The front door is open", "id": "portal"})
+    ev = probe.wait_event(EVENT, id="portal", event="failed", timeout=30)
+    assert "hotel Wi-Fi" in ev["error"]["message"]
+    assert ev["error"]["logid"] == fake_coze.requests_to(SPEECH)[0].logid
+    assert ev["api_calls"] == 1
+    assert HTML_PAGE.encode()[:64] not in alsa_sink.read()
+
+    probe.publish(SAY, {"text": "The front door is open", "id": "again"})
+    again = probe.wait_event(EVENT, id="again", event="finished", timeout=30)
+    assert again["cached"] is False and again["api_calls"] == 1  # the page was not cached
+    audio = pcm("The front door is open")
+    assert alsa_sink.wait_for(len(audio)).startswith(audio)
+
+
+def test_a_json_error_labelled_text_plain_is_retried_not_played(start_daemon, probe, fake_coze, alsa_sink):
+    start_daemon()
+    body = json.dumps({"code": 4020, "msg": "requests per minute exceeded",
+                       "detail": {"logid": "20250101000000RPMLIMITED"}})
+    body += " " * (len(body) % 2)
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=body, content_type="text/plain; charset=utf-8"))
+    text = "Dinner is ready"
+    probe.publish(SAY, {"text": text, "id": "rpm"})
+    ev = probe.wait_event(EVENT, id="rpm", event="finished", timeout=30)
+    assert ev["cached"] is False
+    assert len(fake_coze.requests_to(SPEECH)) == 2  # 4020 can succeed later: retried once
+    audio = pcm(text)
+    played = alsa_sink.wait_for(len(audio))
+    assert played.startswith(audio) and body.encode()[:32] not in played
+
+    probe.publish(SAY, {"text": text, "id": "repeat"})
+    assert probe.wait_event(EVENT, id="repeat", event="finished", timeout=30)["cached"] is True
+    assert alsa_sink.wait_for(2 * len(audio)).count(audio) == 2  # the cache holds the audio, not the error
