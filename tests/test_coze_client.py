@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+import time
 
 import pytest
 
@@ -343,3 +345,50 @@ def test_audio_that_starts_with_a_brace_is_still_audio(fake_coze):
 def test_what_looks_like_a_document(head, document):
     from coze_speaker.coze.responses import looks_like_document
     assert looks_like_document(head) is document
+
+
+# -- Retry-After ---------------------------------------------------------------------------------
+
+def test_retry_after_in_seconds_is_waited_for(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=5))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        assert client.synthesize("hello", VOICE).read_all() == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert waits == [5.0] and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_retry_after_as_an_http_date_is_waited_for(fake_coze):
+    when = email.utils.formatdate(time.time() + 8, usegmt=True)
+    fake_coze.add_fault(SPEECH, Fault.http_error(503, headers={"Retry-After": when}))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        client.synthesize("hello", VOICE).read_all()
+    assert len(waits) == 1 and 5 < waits[0] <= 8  # whole seconds in the date, and the request took a moment
+
+
+@pytest.mark.parametrize("retry_after, left", [(3600, None), (5, 2.0)])
+def test_a_retry_after_too_long_or_past_the_deadline_fails_now(fake_coze, retry_after, left):
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=retry_after))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: left).read_all()
+    assert info.value.code == "rate_limited" and not info.value.retryable
+    assert f"wait {retry_after} s" in str(info.value) and info.value.status == 429
+    assert waits == [] and len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_no_retry_is_waited_for_past_the_deadline(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault(http_status=502))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append, backoff=4) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: 1.0).read_all()
+    assert info.value.status == 502 and waits == [] and len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_nothing_is_sent_past_the_deadline(fake_coze):
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: -0.5).read_all()
+    assert info.value.code == "timeout" and fake_coze.requests == []

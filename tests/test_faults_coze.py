@@ -57,3 +57,28 @@ def test_a_json_error_labelled_text_plain_is_retried_not_played(start_daemon, pr
     probe.publish(SAY, {"text": text, "id": "repeat"})
     assert probe.wait_event(EVENT, id="repeat", event="finished", timeout=30)["cached"] is True
     assert alsa_sink.wait_for(2 * len(audio)).count(audio) == 2  # the cache holds the audio, not the error
+
+
+# -- Retry-After ---------------------------------------------------------------------------------
+
+def test_a_429_is_retried_after_its_retry_after(start_daemon, probe, fake_coze, alsa_sink):
+    start_daemon(coze={"retries": 2})
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=2))
+    text = "The washing machine has finished"
+    probe.publish(SAY, {"text": text, "id": "later"})
+    ev = probe.wait_event(EVENT, id="later", event="finished", timeout=30)
+    assert ev["cached"] is False
+    first, second = fake_coze.requests_to(SPEECH)
+    assert second.t - first.t >= 2.0  # waited as asked, not the 0.3 s backoff
+    audio = pcm(text)
+    assert alsa_sink.wait_for(len(audio)).startswith(audio)
+
+
+def test_a_retry_after_past_the_ttl_fails_now_instead_of_sleeping(start_daemon, probe, fake_coze):
+    start_daemon(coze={"retries": 2})
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=30))
+    probe.publish(SAY, {"text": "The garage door is open", "id": "busy", "ttl": 10})
+    ev = probe.wait_event(EVENT, id="busy", event="failed", timeout=8)  # before the TTL: nothing slept past it
+    assert ev["error"]["code"] == "rate_limited" and "30 s" in ev["error"]["message"]
+    assert ev["error"]["logid"] == fake_coze.requests_to(SPEECH)[0].logid
+    assert len(fake_coze.requests_to(SPEECH)) == 1

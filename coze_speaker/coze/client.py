@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from .. import __version__
+from ..vocabulary import MAX_RETRY_AFTER
 from .errors import CozeError, CozeValidationError
 from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
 from .responses import MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of, requests_module
-from .stream import SpeechStream
+from .stream import Remaining, SpeechStream
 
 if TYPE_CHECKING:
     import requests
@@ -108,12 +109,16 @@ class CozeClient:
                               emotion_scale, loudness_rate, context_texts)
         return self.speech(text, params)
 
-    def speech(self, text: str, params: SpeechParams) -> SpeechStream:
-        """synthesize() for callers that already hold a SpeechParams."""
+    def speech(self, text: str, params: SpeechParams, *, remaining: Optional[Remaining] = None) -> SpeechStream:
+        """synthesize() for callers that already hold a SpeechParams.
+
+        `remaining` gives the seconds left until the caller's deadline (an announcement's
+        TTL): no request is sent, and no retry waited for, past it.
+        """
         validate_input(text)
         params.validate()
         self._require_token()
-        return SpeechStream(self, text, params)
+        return SpeechStream(self, text, params, remaining=remaining)
 
     # -- voices -----------------------------------------------------------------------
 
@@ -226,9 +231,22 @@ class CozeClient:
                 attempt += 1
                 self._pause(attempt, exc)
 
-    def _pause(self, attempt: int, exc: CozeError) -> None:
+    def _pause(self, attempt: int, exc: CozeError, remaining: Optional[Remaining] = None) -> None:
+        """Wait before retry number `attempt`: exponential backoff with jitter, or the
+        answer's Retry-After when it asks for longer. Raises instead of waiting when the wait
+        is longer than MAX_RETRY_AFTER or would pass the caller's deadline (`remaining`)."""
         delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
         delay = delay / 2 + random.uniform(0, delay / 2)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        left = remaining() if remaining is not None else None
+        if exc.retry_after is not None and (exc.retry_after > MAX_RETRY_AFTER or (left is not None and delay >= left)):
+            limit = (f"the longest wait honoured is {MAX_RETRY_AFTER:g} s" if exc.retry_after > MAX_RETRY_AFTER
+                     else f"the announcement expires in {max(0.0, left or 0.0):.1f} s")
+            raise CozeError(f"{exc.msg}; Coze asks to wait {exc.retry_after:g} s before trying again, and "
+                            f"{limit}", status=exc.status, code="rate_limited", logid=exc.logid) from None
+        if left is not None and delay >= left:
+            raise exc  # no time left for another try: fail now, so the fallback still can
         log.info("%s; retry %d of %d in %.1f s", exc, attempt, self.retries, delay)
         self._sleep(delay)
 

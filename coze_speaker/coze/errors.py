@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import SpeakerError
 
@@ -10,8 +10,9 @@ from ..errors import SpeakerError
 class CozeError(SpeakerError):
     """A failed Coze call, carrying everything a user needs to act or to ask support.
 
-    ``code`` is Coze's code when the answer was an error envelope, else None;
-    ``retryable`` says whether trying again later can succeed.
+    ``code`` is Coze's code when the answer was an error envelope, a word of ours for a local
+    verdict (``timeout``, ``rate_limited``), else None; ``retryable`` says whether trying
+    again later can succeed; ``retry_after`` is the answer's Retry-After in seconds.
     """
 
     def __init__(
@@ -19,19 +20,21 @@ class CozeError(SpeakerError):
         msg: str,
         *,
         status: Optional[int] = None,
-        code: Optional[int] = None,
+        code: Union[int, str, None] = None,
         logid: Optional[str] = None,
         retryable: bool = False,
+        retry_after: Optional[float] = None,
     ) -> None:
         self.msg = msg
         self.status = status
         self.code = code
         self.logid = logid
         self.retryable = retryable
+        self.retry_after = retry_after
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        if self.code is not None:
+        if isinstance(self.code, int):
             head = f"Coze error {self.code}: {self.msg}"
         elif self.status is not None:
             head = f"Coze request failed: {self.msg}"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import datetime
+import email.utils
 import json
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from .errors import CozeError
 
@@ -105,7 +108,29 @@ def answer_error(response: requests.Response, body: bytes) -> CozeError:
             head = f"Coze answered with {content_type(response) or 'no Content-Type'} instead of audio"
         error = CozeError(head + (f": {text}" if text else ""), status=status, logid=logid_of(response),
                           retryable=status >= 500 or status in RETRYABLE_STATUSES)
+    error.retry_after = retry_after_of(response)
     return error
+
+
+def retry_after_of(response: requests.Response, now: Callable[[], float] = time.time) -> Optional[float]:
+    """The answer's Retry-After in seconds from now (delay-seconds or an HTTP-date), None
+    when absent or unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - now()
+    if seconds != seconds or seconds == float("inf"):
+        return None
+    return max(0.0, seconds)
 
 
 def _parse_json(body: bytes) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from ..sound import wav
 from .errors import CozeError
@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
     from .client import CozeClient
 
+#: Seconds left until the caller's deadline (negative when past), None without one.
+Remaining = Callable[[], Optional[float]]
+
 
 class SpeechStream:
     """The audio of one synthesis, iterated as chunks while Coze is still sending it.
@@ -25,10 +28,12 @@ class SpeechStream:
     cache that the audio was joined from two responses.
     """
 
-    def __init__(self, client: "CozeClient", text: str, params: SpeechParams) -> None:
+    def __init__(self, client: "CozeClient", text: str, params: SpeechParams, *,
+                 remaining: Optional[Remaining] = None) -> None:
         self._client = client
         self._text = text
         self.params = params
+        self._remaining = remaining
         self.resumed = False
         self.logid: Optional[str] = None
         self.complete = False
@@ -38,6 +43,7 @@ class SpeechStream:
         delivered = 0
         attempt = 0
         while True:
+            self._check_deadline()
             try:
                 for chunk in self._attempt(skip=delivered):
                     delivered += len(chunk)
@@ -50,9 +56,15 @@ class SpeechStream:
                 attempt += 1
                 if delivered:
                     self.resumed = True
-                self._client._pause(attempt, exc)
+                self._client._pause(attempt, exc, self._remaining)
             finally:
                 self.close()
+
+    def _check_deadline(self) -> None:
+        """Send nothing once the caller's deadline passed: nobody would hear the answer."""
+        left = self._remaining() if self._remaining is not None else None
+        if left is not None and left <= 0:
+            raise CozeError("the announcement expired before Coze's audio arrived", code="timeout")
 
     def read_all(self) -> bytes:
         """Collect the whole body: for callers that need it at once (a file, a test)."""

@@ -200,7 +200,7 @@ class OpenSpeech:
             raise CozeError("the phrase is not cached and no Coze client is configured")
         if source.guard is not None:
             source.guard.acquire(len(piece))
-        stream = source.client.speech(piece, self.request.params)
+        stream = source.client.speech(piece, self.request.params, remaining=self.token.remaining)
         self.api_calls += 1
         self.synthesized += 1
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
