@@ -392,3 +392,23 @@ def test_nothing_is_sent_past_the_deadline(fake_coze):
         with pytest.raises(CozeError) as info:
             client.speech("hello", SpeechParams(VOICE), remaining=lambda: -0.5).read_all()
     assert info.value.code == "timeout" and fake_coze.requests == []
+
+
+# -- every request is seen before it is sent -----------------------------------------------------
+
+def test_the_hook_runs_before_every_request_and_can_refuse_one(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault(http_status=500), Fault(http_status=500), Fault(http_status=500))
+    seen = []
+
+    def before_request():
+        seen.append(len(fake_coze.requests_to(SPEECH)))
+        if len(seen) == 3:
+            raise CozeError("cap reached", code="rate_limited")
+
+    with client_for(fake_coze) as client:
+        stream = client.speech("hello", SpeechParams(VOICE), before_request=before_request)
+        with pytest.raises(CozeError) as info:
+            stream.read_all()
+    assert info.value.code == "rate_limited"
+    assert seen == [0, 1, 2]  # called before each request went out, the third one never did
+    assert stream.requests == 2 and len(fake_coze.requests_to(SPEECH)) == 2

@@ -48,7 +48,7 @@ def test_a_json_error_labelled_text_plain_is_retried_not_played(start_daemon, pr
     text = "Dinner is ready"
     probe.publish(SAY, {"text": text, "id": "rpm"})
     ev = probe.wait_event(EVENT, id="rpm", event="finished", timeout=30)
-    assert ev["cached"] is False
+    assert ev["cached"] is False and ev["api_calls"] == 2
     assert len(fake_coze.requests_to(SPEECH)) == 2  # 4020 can succeed later: retried once
     audio = pcm(text)
     played = alsa_sink.wait_for(len(audio))
@@ -82,3 +82,26 @@ def test_a_retry_after_past_the_ttl_fails_now_instead_of_sleeping(start_daemon, 
     assert ev["error"]["code"] == "rate_limited" and "30 s" in ev["error"]["message"]
     assert ev["error"]["logid"] == fake_coze.requests_to(SPEECH)[0].logid
     assert len(fake_coze.requests_to(SPEECH)) == 1
+
+
+# -- the spending caps count HTTP requests ---------------------------------------------------------
+
+def test_the_hourly_cap_counts_retries(start_daemon, probe, fake_coze):
+    """Two pieces (over Coze's 1024 bytes), every request failing: with a cap of 2 per hour
+    only 2 requests go out, however many retries and pieces there are."""
+    start_daemon(coze={"retries": 3}, limits={"max_requests_per_hour": 2})
+    for _ in range(8):
+        fake_coze.add_fault(SPEECH, Fault(http_status=500))
+    text = "The water heater reports a fault, please call the plumber. " * 20
+    probe.publish(SAY, {"text": text, "id": "capped"})
+    ev = probe.wait_event(EVENT, id="capped", event="failed", timeout=30)
+    assert ev["error"]["code"] == "rate_limited"
+    assert len(fake_coze.requests_to(SPEECH)) == 2 and ev["api_calls"] == 2
+
+
+def test_api_calls_counts_every_request(start_daemon, probe, fake_coze):
+    start_daemon(coze={"retries": 3})
+    fake_coze.add_faults(SPEECH, Fault(http_status=502), Fault(code=5000, msg="internal"))
+    probe.publish(SAY, {"text": "Third time lucky", "id": "three"})
+    ev = probe.wait_event(EVENT, id="three", event="finished", timeout=30)
+    assert ev["api_calls"] == 3 == len(fake_coze.requests_to(SPEECH))

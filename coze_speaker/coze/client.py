@@ -109,16 +109,19 @@ class CozeClient:
                               emotion_scale, loudness_rate, context_texts)
         return self.speech(text, params)
 
-    def speech(self, text: str, params: SpeechParams, *, remaining: Optional[Remaining] = None) -> SpeechStream:
+    def speech(self, text: str, params: SpeechParams, *, remaining: Optional[Remaining] = None,
+               before_request: Optional[Callable[[], None]] = None) -> SpeechStream:
         """synthesize() for callers that already hold a SpeechParams.
 
         `remaining` gives the seconds left until the caller's deadline (an announcement's
-        TTL): no request is sent, and no retry waited for, past it.
+        TTL): no request is sent, and no retry waited for, past it. `before_request` is called
+        before every HTTP request, retries included: it counts them, and raising a CozeError
+        there (a spending cap) sends nothing.
         """
         validate_input(text)
         params.validate()
         self._require_token()
-        return SpeechStream(self, text, params, remaining=remaining)
+        return SpeechStream(self, text, params, remaining=remaining, before_request=before_request)
 
     # -- voices -----------------------------------------------------------------------
 

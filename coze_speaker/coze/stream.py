@@ -29,11 +29,15 @@ class SpeechStream:
     """
 
     def __init__(self, client: "CozeClient", text: str, params: SpeechParams, *,
-                 remaining: Optional[Remaining] = None) -> None:
+                 remaining: Optional[Remaining] = None,
+                 before_request: Optional[Callable[[], None]] = None) -> None:
         self._client = client
         self._text = text
         self.params = params
         self._remaining = remaining
+        self._before_request = before_request
+        #: HTTP requests sent for this synthesis, retries included
+        self.requests = 0
         self.resumed = False
         self.logid: Optional[str] = None
         self.complete = False
@@ -44,6 +48,9 @@ class SpeechStream:
         attempt = 0
         while True:
             self._check_deadline()
+            if self._before_request is not None:
+                self._before_request()
+            self.requests += 1
             try:
                 for chunk in self._attempt(skip=delivered):
                     delivered += len(chunk)

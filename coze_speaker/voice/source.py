@@ -70,7 +70,7 @@ class OpenSpeech:
         self.source = source
         self.request = request
         self.use_cache = use_cache and source.cache is not None
-        #: every HTTP request this speech made to Coze
+        #: every HTTP request this speech made to Coze, retries included
         self.api_calls = 0
         #: pieces read from the cache, synthesized by Coze, spoken by the offline voice
         self.cache_hits = 0
@@ -198,11 +198,8 @@ class OpenSpeech:
                     log.warning("%s; synthesizing instead", exc)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
-        if source.guard is not None:
-            source.guard.acquire(len(piece))
-        stream = source.client.speech(piece, self.request.params, remaining=self.token.remaining)
-        self.api_calls += 1
-        self.synthesized += 1
+        stream = source.client.speech(piece, self.request.params, remaining=self.token.remaining,
+                                      before_request=lambda: self._before_request(piece))
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
         try:
             for chunk in stream:
@@ -210,6 +207,7 @@ class OpenSpeech:
                     writer.write(chunk)
                 if not self._closed.is_set():
                     self._put(chunk)
+            self.synthesized += 1
             if writer is not None:
                 if stream.resumed:
                     log.info("not caching %r: its audio was joined from two responses", piece[:40])
@@ -220,3 +218,11 @@ class OpenSpeech:
             if writer is not None:
                 writer.abort()
 
+    def _before_request(self, piece: str) -> None:
+        """Before every HTTP request to Coze, retries included: nothing more once stopped,
+        the spending caps count (or refuse) it, and so does `api_calls`."""
+        if self._closed.is_set():
+            raise CozeError("stopped before Coze was asked again")
+        if self.source.guard is not None:
+            self.source.guard.acquire(len(piece))
+        self.api_calls += 1
