@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import threading
 import time
 
 import pytest
@@ -412,3 +413,74 @@ def test_the_hook_runs_before_every_request_and_can_refuse_one(fake_coze):
     assert info.value.code == "rate_limited"
     assert seen == [0, 1, 2]  # called before each request went out, the third one never did
     assert stream.requests == 2 and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+# -- a trickling answer ---------------------------------------------------------------------------
+
+def read_in_thread(stream, limit=20.0):
+    """Read a stream in a thread, waiting at most `limit` s: (audio, error) or a clear failure."""
+    out = {}
+
+    def run():
+        try:
+            out["audio"] = stream.read_all()
+        except CozeError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"the stream still held the reader after {limit} s"
+    return out.get("audio"), out.get("error")
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_trickling_answer_is_cut_off_and_retried(fake_coze, chunked):
+    fake_coze.chunked = chunked  # Content-Length: one read blocks until 8 KB came, 2 bytes at a time
+    fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.05))
+    with client_for(fake_coze, first_audio_timeout=0.5) as client:
+        audio, error = read_in_thread(client.synthesize("hello", VOICE))
+    assert error is None and audio == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_a_trickle_that_never_ends_is_a_retryable_timeout(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault.trickle(2, 0.05), Fault.trickle(2, 0.05))
+    with client_for(fake_coze, first_audio_timeout=0.5, retries=1) as client:
+        audio, error = read_in_thread(client.synthesize("hello", VOICE))
+    assert audio is None and error.code == "timeout" and error.retryable
+    assert "0.5 s" in str(error) and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_audio_slower_than_half_real_time_is_cut_off(fake_coze):
+    fake_coze.chunk_bytes = 4800  # 0.1 s of audio every 0.5 s: a fifth of real time
+    fake_coze.chunk_delay = 0.5
+    text = "A long enough sentence to take several seconds at that pace."
+    with client_for(fake_coze, first_audio_timeout=0.5, retries=0) as client:
+        stream = client.synthesize(text, VOICE)
+        audio, error = read_in_thread(stream)
+    assert error.code == "timeout" and "real time" in str(error)
+
+
+def test_a_slow_consumer_or_real_time_audio_is_not_cut_off(fake_coze):
+    fake_coze.chunk_bytes = 2400  # real time: 50 ms of audio every 50 ms
+    fake_coze.chunk_delay = 0.05
+    text = "Audio that arrives at real time and a reader that pauses."
+    with client_for(fake_coze, first_audio_timeout=0.3, retries=0) as client:
+        got = bytearray()
+        for n, chunk in enumerate(client.synthesize(text, VOICE)):
+            got += chunk
+            if n == 1:
+                time.sleep(1.0)  # the player is busy: the reader's time is not Coze's
+    assert bytes(got) == FakeCoze.pcm_for(text, VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_no_first_audio_is_waited_for_past_the_deadline(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault.trickle(2, 0.05))
+    deadline = time.monotonic() + 0.5
+    with client_for(fake_coze, first_audio_timeout=30) as client:
+        stream = client.speech("hello", SpeechParams(VOICE), remaining=lambda: deadline - time.monotonic())
+        audio, error = read_in_thread(stream)
+    assert error.code == "timeout" and not error.retryable and "expired" in str(error)
+    assert len(fake_coze.requests_to(SPEECH)) == 1

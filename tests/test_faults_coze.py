@@ -9,11 +9,49 @@ in-process (a thread) or as a real process where a restart is part of the fault.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from alsa_sink import alsa_sink  # noqa: F401
 from fake_coze import Fault
 from mqtt_helpers import broker, probe  # noqa: F401
 from test_daemon import EVENT, SAY, SPEECH, pcm, start_daemon  # noqa: F401
+
+# -- a trickling answer ---------------------------------------------------------------------------
+
+def test_a_trickling_answer_is_cut_off_and_retried(start_daemon, probe, fake_coze, alsa_sink):
+    """2 bytes every 0.5 s never trips the read timeout; the first-audio bound cuts it off."""
+    start_daemon(coze={"first_audio_timeout": 1, "retries": 1})
+    fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.5))
+    text = "Someone is at the front door"
+    probe.publish(SAY, {"text": text, "id": "door"})
+    ev = probe.wait_event(EVENT, id="door", event="finished", timeout=20)
+    assert ev["cached"] is False and not ev.get("fallback") and ev["api_calls"] == 2
+    audio = pcm(text)
+    assert alsa_sink.wait_for(len(audio)).startswith(audio)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/espeak-ng").exists(), reason="espeak-ng is not installed")
+def test_a_coze_that_only_trickles_falls_back_to_the_offline_voice(start_daemon, probe, fake_coze, alsa_sink):
+    start_daemon(coze={"first_audio_timeout": 1, "retries": 1}, fallback={"engine": "espeak-ng"})
+    fake_coze.add_faults(SPEECH, Fault.trickle(2, 0.5), Fault.trickle(2, 0.5))
+    probe.publish(SAY, {"text": "Smoke detected in the kitchen", "id": "smoke"})
+    ev = probe.wait_event(EVENT, id="smoke", event="finished", timeout=20)
+    assert ev["fallback"] is True and ev["error"]["code"] == "timeout" and ev["api_calls"] == 2
+    played = alsa_sink.wait_for(4000)
+    assert any(played[i:i + 2] != b"\0\0" for i in range(0, 4000, 2))
+
+
+def test_a_trickle_past_the_ttl_fails_without_playing(start_daemon, probe, fake_coze, alsa_sink):
+    start_daemon(coze={"first_audio_timeout": 30, "retries": 2})
+    fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.5))
+    probe.publish(SAY, {"text": "The bus leaves in two minutes", "id": "bus", "ttl": 2})
+    ev = probe.wait_event(EVENT, id="bus", event="failed", timeout=20)
+    assert ev["error"]["code"] == "timeout" and "expired" in ev["error"]["message"]
+    assert len(fake_coze.requests_to(SPEECH)) == 1  # no retry for a stale announcement
+    assert alsa_sink.read().strip(b"\0") == b""
+
 
 # -- an error page is not audio ------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class CozeClient:
         base_url: str = "https://api.coze.cn",
         *,
         timeout: float = 15.0,
+        first_audio_timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
@@ -47,6 +48,7 @@ class CozeClient:
         self._token = token.reveal() if hasattr(token, "reveal") else token
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.first_audio_timeout = first_audio_timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -65,7 +67,7 @@ class CozeClient:
     def from_config(cls, coze_config: Any, **kwargs: Any) -> "CozeClient":
         """A client for the `coze:` section of the configuration."""
         return cls(coze_config.token, coze_config.base_url, timeout=coze_config.timeout,
-                   retries=coze_config.retries, **kwargs)
+                   first_audio_timeout=coze_config.first_audio_timeout, retries=coze_config.retries, **kwargs)
 
     @property
     def host(self) -> str:
@@ -193,15 +195,17 @@ class CozeClient:
         if not self._token:
             raise CozeError("no Coze token configured (set coze.token, coze.token_file or $COZE_API_TOKEN)")
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One HTTP exchange; raises CozeError for any failure, marked retryable or not."""
+    def _send(self, method: str, path: str, *, read_timeout: Optional[float] = None, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange; raises CozeError for any failure, marked retryable or not.
+        `read_timeout` shortens coze.timeout (a deadline closer than it)."""
         requests = requests_module()
         headers = {"Authorization": f"Bearer {self._token}"}
+        timeout = self.timeout if read_timeout is None else min(self.timeout, read_timeout)
         try:
             response = self.session.request(method, self.base_url + path, headers=headers,
-                                            timeout=(CONNECT_TIMEOUT, self.timeout), **kwargs)
+                                            timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
         except requests.exceptions.Timeout:
-            raise CozeError(f"no answer from {self.host} within {self.timeout:g} s", retryable=True) from None
+            raise CozeError(f"no answer from {self.host} within {timeout:g} s", retryable=True) from None
         except requests.exceptions.ConnectionError as exc:
             raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None
         except requests.exceptions.RequestException as exc:

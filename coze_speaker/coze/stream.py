@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from ..sound import wav
+from ..vocabulary import COMPRESSED_BYTES_PER_SECOND
 from .errors import CozeError
 from .params import SpeechParams
 from .responses import (MAX_ERROR_BODY, SNIFF_BYTES, answer_error, content_type, is_audio_type, logid_of,
                         looks_like_document, read_up_to, reason_of, requests_module)
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     import requests
@@ -83,12 +86,21 @@ class SpeechStream:
             self._response = None
 
     def _attempt(self, skip: int) -> Iterator[bytes]:
+        left = self._remaining() if self._remaining is not None else None
+        watchdog = Watchdog(self._client.first_audio_timeout, self._bytes_per_second(),
+                            None if left is None else time.monotonic() + left)
+        try:
+            response = self._client._send("POST", "/v1/audio/speech", json=self._text_body(), stream=True,
+                                          read_timeout=None if left is None else max(0.1, left))
+            self._response = response
+            self.logid = logid_of(response)
+            watchdog.watch(response)
+            yield from self._read(response, skip, watchdog)
+        finally:
+            watchdog.stop()
+
+    def _read(self, response: requests.Response, skip: int, watchdog: Watchdog) -> Iterator[bytes]:
         requests = requests_module()
-        response = self._client._send(
-            "POST", "/v1/audio/speech", json=self._text_body(), stream=True
-        )
-        self._response = response
-        self.logid = logid_of(response)
         expected = response.headers.get("Content-Length")
         frames = _PcmFramer(expected_rate=self.params.sample_rate) if self.params.response_format == "pcm" else None
         received = 0
@@ -96,18 +108,27 @@ class SpeechStream:
         try:
             for raw in self._body(response):
                 received += len(raw)
+                watchdog.received(len(raw))
                 chunk = frames.feed(raw) if frames else raw
                 if to_skip:
                     cut = min(to_skip, len(chunk))
                     chunk, to_skip = chunk[cut:], to_skip - cut
                 if chunk:
+                    watchdog.hold()  # the consumer's time is not Coze's
                     yield chunk
+                    watchdog.release()
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
+            watchdog.raise_verdict()
             raise CozeError(f"audio stream broke off after {received} bytes ({reason_of(exc)})",
                             status=response.status_code, logid=self.logid, retryable=True) from None
         except requests.exceptions.Timeout:
+            watchdog.raise_verdict()
             raise CozeError(f"audio stream stalled after {received} bytes (no data for {self._client.timeout:g} s)",
                             status=response.status_code, logid=self.logid, retryable=True) from None
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError):
+            watchdog.raise_verdict()  # whatever a read cut off under it raises
+            raise
+        watchdog.raise_verdict()
         if expected is not None and expected.isdigit() and received < int(expected):
             raise CozeError(f"audio stream ended after {received} of {expected} bytes",
                             status=response.status_code, logid=self.logid, retryable=True)
@@ -119,6 +140,12 @@ class SpeechStream:
         if to_skip:
             raise CozeError("the retried audio is shorter than what was already played",
                             status=response.status_code, logid=self.logid)
+
+    def _bytes_per_second(self) -> float:
+        """Bytes per second of audio, to judge how fast it arrives."""
+        if self.params.response_format in ("pcm", "wav"):
+            return 2.0 * self.params.sample_rate
+        return float(COMPRESSED_BYTES_PER_SECOND)
 
     @staticmethod
     def _body(response: requests.Response) -> Iterator[bytes]:

@@ -83,6 +83,7 @@ class OpenSpeech:
         self._closed = threading.Event()
         self._chunks: "queue.Queue[Union[bytes, BaseException, object]]" = queue.Queue()
         self._ahead_bytes = 0
+        self._produced = False
         self._space = threading.Condition()
         self._thread = threading.Thread(target=self._produce, name="coze-speaker-synth", daemon=True)
         self._started = threading.Lock()
@@ -138,6 +139,12 @@ class OpenSpeech:
                 return
             self._ahead_bytes += len(chunk)
         self._chunks.put(chunk)
+        self._produced = True
+
+    def _time_left(self) -> Optional[float]:
+        """How long Coze may take: the announcement's deadline bounds the wait for its first
+        audio; once audio flows it plays to the end."""
+        return None if self._produced else self.token.remaining()
 
     def _produce(self) -> None:
         try:
@@ -149,7 +156,9 @@ class OpenSpeech:
                         self._produce_piece(piece)
                         continue
                     except CozeError as exc:
-                        if self.source.fallback is None or isinstance(exc, CozeValidationError):
+                        left = self._time_left()
+                        if (self.source.fallback is None or isinstance(exc, CozeValidationError)
+                                or (left is not None and left <= 0)):  # stale: not even the offline voice
                             raise
                         self.fallback_reason = exc
                         log.warning("speaking with the offline voice: %s", exc)
@@ -198,7 +207,7 @@ class OpenSpeech:
                     log.warning("%s; synthesizing instead", exc)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
-        stream = source.client.speech(piece, self.request.params, remaining=self.token.remaining,
+        stream = source.client.speech(piece, self.request.params, remaining=self._time_left,
                                       before_request=lambda: self._before_request(piece))
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
         try:
