@@ -9,6 +9,8 @@ in-process (a thread) or as a real process where a restart is part of the fault.
 from __future__ import annotations
 
 import json
+import logging
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,10 @@ import pytest
 from alsa_sink import alsa_sink  # noqa: F401
 from fake_coze import Fault
 from mqtt_helpers import broker, probe  # noqa: F401
-from test_daemon import EVENT, SAY, SPEECH, pcm, start_daemon  # noqa: F401
+from test_daemon import EVENT, SAY, SPEECH, D, pcm, start_daemon, write_config  # noqa: F401
+from test_faults import DaemonProcess, online
+
+from coze_speaker.voice.costguard import CostGuard, CostLimitError
 
 # -- a trickling answer ---------------------------------------------------------------------------
 
@@ -143,3 +148,64 @@ def test_api_calls_counts_every_request(start_daemon, probe, fake_coze):
     probe.publish(SAY, {"text": "Third time lucky", "id": "three"})
     ev = probe.wait_event(EVENT, id="three", event="finished", timeout=30)
     assert ev["api_calls"] == 3 == len(fake_coze.requests_to(SPEECH))
+
+
+# -- the spending caps outlive a restart -------------------------------------------------------------
+
+def test_the_hourly_cap_survives_a_kill_and_restart(tmp_path, fake_coze, broker, probe, alsa_sink):
+    path = write_config(tmp_path, fake_coze, broker, limits={"max_requests_per_hour": 1})
+    first = DaemonProcess(path)
+    try:
+        online(probe)
+        probe.publish(SAY, {"text": "the one request this hour", "id": "1"})
+        probe.wait_event(EVENT, id="1", event="finished", timeout=30)
+        first.kill(signal.SIGKILL)
+    finally:
+        first.stop()
+    second = DaemonProcess(path)
+    try:
+        online(probe, count=2)
+        probe.publish(SAY, {"text": "a second, different phrase", "id": "2"})
+        ev = probe.wait_event(EVENT, id="2", event="failed", timeout=30)
+        assert ev["error"]["code"] == "rate_limited" and ev["api_calls"] == 0
+        assert len(fake_coze.requests_to(SPEECH)) == 1
+    finally:
+        second.stop()
+    assert (tmp_path / "state" / f"spending-{D}.json").exists()  # per device id, in the state dir
+
+
+def test_a_corrupt_counter_file_starts_fresh_with_a_warning(start_daemon, probe, fake_coze, tmp_path, caplog):
+    counters = tmp_path / "state" / f"spending-{D}.json"
+    counters.parent.mkdir(parents=True)
+    counters.write_bytes(b'{"version": 1, "requests": [17')
+    with caplog.at_level(logging.WARNING, logger="coze_speaker.voice.costguard"):
+        start_daemon(limits={"max_requests_per_hour": 2})
+        probe.publish(SAY, {"text": "still speaking", "id": "c"})
+        assert probe.wait_event(EVENT, id="c", event="finished", timeout=30)["api_calls"] == 1
+    assert any("counting from zero" in r.getMessage() for r in caplog.records)
+    saved = json.loads(counters.read_text())
+    assert len(saved["requests"]) == 1 and saved["chars"] == len("still speaking")
+
+
+def test_processes_sharing_the_file_share_the_cap(tmp_path):
+    """The daemon and `coze-speaker say` of one speaker: one cap between them."""
+    path = tmp_path / "state" / "spending-x.json"
+    daemon, say = CostGuard(2, path=path), CostGuard(2, path=path)
+    daemon.acquire(10)
+    say.acquire(10)
+    with pytest.raises(CostLimitError):
+        daemon.acquire(10)
+    with pytest.raises(CostLimitError):
+        CostGuard(0, 25, path=path).acquire(6)  # 20 characters already today
+
+
+def test_a_clock_set_back_does_not_block_for_longer_than_an_hour(tmp_path):
+    path = tmp_path / "spending.json"
+    now = [1_000_000.0]
+    CostGuard(1, path=path, clock=lambda: now[0]).acquire(1)
+    now[0] -= 86400  # the clock went back a day: the saved request counts as "now"
+    guard = CostGuard(1, path=path, clock=lambda: now[0])
+    with pytest.raises(CostLimitError):
+        guard.acquire(1)
+    now[0] += 3601
+    guard.acquire(1)
