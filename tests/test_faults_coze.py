@@ -48,8 +48,15 @@ def test_a_coze_that_only_trickles_falls_back_to_the_offline_voice(start_daemon,
     assert any(played[i:i + 2] != b"\0\0" for i in range(0, 4000, 2))
 
 
-def test_a_trickle_past_the_ttl_fails_without_playing(start_daemon, probe, fake_coze, alsa_sink):
-    start_daemon(coze={"first_audio_timeout": 30, "retries": 2})
+@pytest.mark.parametrize("offline_voice", [
+    False,
+    pytest.param(True, marks=pytest.mark.skipif(not Path("/usr/bin/espeak-ng").exists(),
+                                                reason="espeak-ng is not installed")),
+])
+def test_a_trickle_past_the_ttl_fails_without_playing(start_daemon, probe, fake_coze, alsa_sink, offline_voice):
+    """Stale before its first audio: no retry, and not the offline voice either."""
+    start_daemon(coze={"first_audio_timeout": 30, "retries": 2},
+                 fallback={"engine": "espeak-ng" if offline_voice else "none"})
     fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.5))
     probe.publish(SAY, {"text": "The bus leaves in two minutes", "id": "bus", "ttl": 2})
     ev = probe.wait_event(EVENT, id="bus", event="failed", timeout=20)
