@@ -212,7 +212,7 @@ class StateConfig:
     """What the daemon keeps across restarts."""
 
     dir: Path = key(_home(".local/state/coze-speaker"), path(),
-                    "Daemon state: the volume and the journal of waiting announcements.")
+                    "Daemon state: the volume, the journal of waiting announcements, the spending counters.")
 
 
 @dataclass(frozen=True)

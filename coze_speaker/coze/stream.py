@@ -128,8 +128,11 @@ class SpeechStream:
         except (requests.exceptions.RequestException, OSError, ValueError, AttributeError):
             watchdog.raise_verdict()  # whatever a read cut off under it raises
             raise
-        watchdog.raise_verdict()
+        framed = expected is not None or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        if not framed:  # the body ends where the connection does: a cut-off one would look whole
+            watchdog.raise_verdict()
         if expected is not None and expected.isdigit() and received < int(expected):
+            watchdog.raise_verdict()
             raise CozeError(f"audio stream ended after {received} of {expected} bytes",
                             status=response.status_code, logid=self.logid, retryable=True)
         if frames:
