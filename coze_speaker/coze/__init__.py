@@ -1,5 +1,6 @@
-"""Coze's audio API: the client (client.py), one synthesis as a stream (stream.py), what a
-request may hold (params.py), reading the answers (responses.py) and the errors (errors.py).
+"""Coze's audio API: the client (client.py), one synthesis as a stream (stream.py) and its
+time bounds (watchdog.py), what a request may hold (params.py), reading the answers
+(responses.py) and the errors (errors.py).
 
 `requests` is imported on the first request, so a daemon with a warm cache never loads it.
 """
