@@ -20,6 +20,14 @@ PRIORITIES = ("low", "normal", "high", "critical")
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
 #: Coze accepts at most this many UTF-8 bytes of `input` per speech request.
 MAX_INPUT_BYTES = 1024
+#: Once Coze's audio flows it must arrive at least this fast (x real time) or the attempt is
+#: cut off and retried: slower than half speed is a stall, not a slow network.
+MIN_STREAM_SPEED = 0.5
+#: Bytes per second of audio assumed for compressed formats (mp3, ogg_opus) when judging that
+#: speed: 16 kbit/s, below any speech bitrate, so the estimate is never too strict.
+COMPRESSED_BYTES_PER_SECOND = 2000
+#: The longest Retry-After honoured; a longer wait fails at once with `rate_limited`.
+MAX_RETRY_AFTER = 60.0
 #: `audio.backend` choices: auto picks aplay when installed, else simpleaudio.
 AUDIO_BACKENDS = ("auto", "aplay", "simpleaudio", "null")
 #: Events that end an announcement (exactly one per accepted announcement).

@@ -167,7 +167,10 @@ class Fault:
     5. otherwise the request is served normally.
 
     ``truncate_after`` (advertise the full length, close after N body bytes),
-    ``stall_after``/``stall`` (pause ``stall`` seconds after N body bytes) and
+    ``stall_after``/``stall`` (pause ``stall`` seconds after N body bytes),
+    ``trickle_bytes``/``trickle_every`` (speech audio only: send it N bytes at a time, one
+    step every so many seconds, e.g. 2 bytes every 0.5 s: never idle long enough for a read
+    timeout, never done) and
     ``headers`` (extra response headers, e.g. Retry-After) apply to whatever
     body is sent in steps 3-5.
     """
@@ -183,6 +186,8 @@ class Fault:
     drop: bool = False
     stall_after: Optional[int] = None
     stall: float = 0.0
+    trickle_bytes: Optional[int] = None
+    trickle_every: float = 0.0
 
     # convenient constructors (names differ from the fields on purpose)
     @classmethod
@@ -219,6 +224,11 @@ class Fault:
     @classmethod
     def stalled(cls, after_bytes: int, seconds: float) -> "Fault":
         return cls(stall_after=int(after_bytes), stall=float(seconds))
+
+    @classmethod
+    def trickle(cls, step_bytes: int = 2, every: float = 0.5) -> "Fault":
+        """Speech audio sent step_bytes at a time, every `every` seconds."""
+        return cls(trickle_bytes=int(step_bytes), trickle_every=float(every))
 
 
 _DEFAULT_MSGS = {
@@ -947,8 +957,9 @@ class FakeCoze:
             if chunked:
                 h.wfile.write(b"0\r\n\r\n")
             return
+        trickling = fault is not None and fault.trickle_bytes is not None
         while pos < total:
-            step = max(1, int(self.chunk_bytes))
+            step = max(1, int(fault.trickle_bytes if trickling else self.chunk_bytes))  # type: ignore[union-attr]
             end = min(total, pos + step)
             if stall_at is not None and not stalled and pos < stall_at < end:
                 end = stall_at
@@ -976,7 +987,7 @@ class FakeCoze:
                 stalled = True
                 self._sleep(fault.stall)  # type: ignore[union-attr]
             if pos < total:
-                self._sleep(self.chunk_delay)
+                self._sleep(fault.trickle_every if trickling else self.chunk_delay)  # type: ignore[union-attr]
         if truncated:
             h.close_connection = True                 # advertised more than we sent
 

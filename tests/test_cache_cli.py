@@ -257,7 +257,13 @@ def test_warm_respects_the_request_cap(capsys, make_config, fake_coze, tmp_path)
     assert "Traceback" not in err
     assert len(entries(tmp_path)) == 1
 
-    # a new run skips the cached phrase and tries the other one again
+    # the cap outlives the run: a new one within the hour sends nothing
+    code, out, _ = run(capsys, "-c", config, "cache", "warm", phrases)
+    assert code == 1 and speech_count(fake_coze) == 1
+    assert out.startswith("2 phrase(s): 0 synthesized (0 API call(s)), 1 already cached, 1 failed:")
+
+    # with room under a higher cap, a new run skips the cached phrase and tries the other one again
+    config = make_config(limits={"max_requests_per_hour": 2})
     code, out, _ = run(capsys, "-c", config, "cache", "warm", phrases)
     assert code == 0
     assert out.strip() == "2 phrase(s): 1 synthesized (1 API call(s)), 1 already cached"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
+import json
+import threading
+import time
+
 import pytest
 
 from conftest import TOKEN, VOICE
@@ -272,3 +277,210 @@ def test_clone_missing_file(fake_coze, tmp_path):
         with pytest.raises(CozeValidationError) as info:
             client.clone_voice(tmp_path / "nope.wav", "X")
     assert "does not exist" in str(info.value)
+
+
+# -- what counts as audio ----------------------------------------------------------------------
+
+HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>Portal</title></head>"
+             "<body><h1>Please sign in to the hotel Wi-Fi</h1></body></html>\n")
+HTML_PAGE += " " * (len(HTML_PAGE) % 2)  # even length: it would pass for 16-bit pcm
+
+
+def envelope(code, msg, logid="20250101000000LOGIDINBODY"):
+    body = json.dumps({"code": code, "msg": msg, "detail": {"logid": logid}})
+    return body + " " * (len(body) % 2)
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "audio/pcm", "application/octet-stream"])
+def test_an_html_page_is_an_error_not_audio(fake_coze, content_type):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=HTML_PAGE, content_type=content_type))
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.synthesize("hello", VOICE).read_all()
+    err = info.value
+    assert err.status == 200 and not err.retryable and "hotel Wi-Fi" in str(err)
+    assert err.logid == fake_coze.requests_to(SPEECH)[0].logid  # from the X-Tt-Logid header
+    assert len(fake_coze.requests_to(SPEECH)) == 1  # a portal does not go away in a second
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "audio/pcm", "text/html"])
+def test_a_json_error_under_another_label_carries_its_code_and_logid(fake_coze, content_type):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=envelope(4200, "voice not found"),
+                                      content_type=content_type))
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.synthesize("hello", VOICE).read_all()
+    err = info.value
+    assert err.code == 4200 and err.logid == "20250101000000LOGIDINBODY" and "voice not found" in str(err)
+    assert len(fake_coze.requests_to(SPEECH)) == 1  # 4200 is final
+
+
+def test_a_retryable_json_error_labelled_text_is_retried(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=envelope(5000, "internal"), content_type="text/plain"))
+    with client_for(fake_coze) as client:
+        stream = client.synthesize("hello", VOICE)
+        assert stream.read_all() == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 2 and not stream.resumed
+
+
+def test_audio_that_starts_with_a_brace_is_still_audio(fake_coze):
+    """`{"` is also a 16-bit sample; only a text opening (64 printable bytes) makes a document."""
+    body = b'{"' + bytes(range(256)) * 4
+    fake_coze.add_fault(SPEECH, Fault(http_status=200, body=body, content_type="audio/pcm"))
+    with client_for(fake_coze) as client:
+        assert client.synthesize("hello", VOICE).read_all() == body
+
+
+@pytest.mark.parametrize("head, document", [
+    (b'{"code": 4000, "msg": "bad"}', True),
+    (b'\xef\xbb\xbf  {"code": 4000}', True),
+    (b"[1, 2, 3]", True),
+    (b"<html><body>502</body></html>", True),
+    (b"<?xml version='1.0'?><Error/>", True),
+    (b'{"' + b"\x00\x10" * 40, False),
+    (b"<\x00\x10\x00" * 20, False),
+    (b"\x00\x00\x01\x00" * 20, False),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", False),
+    (b"", False),
+])
+def test_what_looks_like_a_document(head, document):
+    from coze_speaker.coze.responses import looks_like_document
+    assert looks_like_document(head) is document
+
+
+# -- Retry-After ---------------------------------------------------------------------------------
+
+def test_retry_after_in_seconds_is_waited_for(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=5))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        assert client.synthesize("hello", VOICE).read_all() == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert waits == [5.0] and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_retry_after_as_an_http_date_is_waited_for(fake_coze):
+    when = email.utils.formatdate(time.time() + 8, usegmt=True)
+    fake_coze.add_fault(SPEECH, Fault.http_error(503, headers={"Retry-After": when}))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        client.synthesize("hello", VOICE).read_all()
+    assert len(waits) == 1 and 5 < waits[0] <= 8  # whole seconds in the date, and the request took a moment
+
+
+@pytest.mark.parametrize("retry_after, left", [(3600, None), (5, 2.0)])
+def test_a_retry_after_too_long_or_past_the_deadline_fails_now(fake_coze, retry_after, left):
+    fake_coze.add_fault(SPEECH, Fault.rate_limited(retry_after=retry_after))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: left).read_all()
+    assert info.value.code == "rate_limited" and not info.value.retryable
+    assert f"wait {retry_after} s" in str(info.value) and info.value.status == 429
+    assert waits == [] and len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_no_retry_is_waited_for_past_the_deadline(fake_coze):
+    fake_coze.add_fault(SPEECH, Fault(http_status=502))
+    waits = []
+    with client_for(fake_coze, sleep=waits.append, backoff=4) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: 1.0).read_all()
+    assert info.value.status == 502 and waits == [] and len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_nothing_is_sent_past_the_deadline(fake_coze):
+    with client_for(fake_coze) as client:
+        with pytest.raises(CozeError) as info:
+            client.speech("hello", SpeechParams(VOICE), remaining=lambda: -0.5).read_all()
+    assert info.value.code == "timeout" and fake_coze.requests == []
+
+
+# -- every request is seen before it is sent -----------------------------------------------------
+
+def test_the_hook_runs_before_every_request_and_can_refuse_one(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault(http_status=500), Fault(http_status=500), Fault(http_status=500))
+    seen = []
+
+    def before_request():
+        seen.append(len(fake_coze.requests_to(SPEECH)))
+        if len(seen) == 3:
+            raise CozeError("cap reached", code="rate_limited")
+
+    with client_for(fake_coze) as client:
+        stream = client.speech("hello", SpeechParams(VOICE), before_request=before_request)
+        with pytest.raises(CozeError) as info:
+            stream.read_all()
+    assert info.value.code == "rate_limited"
+    assert seen == [0, 1, 2]  # called before each request went out, the third one never did
+    assert stream.requests == 2 and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+# -- a trickling answer ---------------------------------------------------------------------------
+
+def read_in_thread(stream, limit=20.0):
+    """Read a stream in a thread, waiting at most `limit` s: (audio, error) or a clear failure."""
+    out = {}
+
+    def run():
+        try:
+            out["audio"] = stream.read_all()
+        except CozeError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"the stream still held the reader after {limit} s"
+    return out.get("audio"), out.get("error")
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_a_trickling_answer_is_cut_off_and_retried(fake_coze, chunked):
+    fake_coze.chunked = chunked  # Content-Length: one read blocks until 8 KB came, 2 bytes at a time
+    fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.05))
+    with client_for(fake_coze, first_audio_timeout=0.5) as client:
+        audio, error = read_in_thread(client.synthesize("hello", VOICE))
+    assert error is None and audio == FakeCoze.pcm_for("hello", VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_a_trickle_that_never_ends_is_a_retryable_timeout(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault.trickle(2, 0.05), Fault.trickle(2, 0.05))
+    with client_for(fake_coze, first_audio_timeout=0.5, retries=1) as client:
+        audio, error = read_in_thread(client.synthesize("hello", VOICE))
+    assert audio is None and error.code == "timeout" and error.retryable
+    assert "0.5 s" in str(error) and len(fake_coze.requests_to(SPEECH)) == 2
+
+
+def test_audio_slower_than_half_real_time_is_cut_off(fake_coze):
+    fake_coze.chunk_bytes = 4800  # 0.1 s of audio every 0.5 s: a fifth of real time
+    fake_coze.chunk_delay = 0.5
+    text = "A long enough sentence to take several seconds at that pace."
+    with client_for(fake_coze, first_audio_timeout=0.5, retries=0) as client:
+        stream = client.synthesize(text, VOICE)
+        audio, error = read_in_thread(stream)
+    assert error.code == "timeout" and "real time" in str(error)
+
+
+def test_a_slow_consumer_or_real_time_audio_is_not_cut_off(fake_coze):
+    fake_coze.chunk_bytes = 2400  # real time: 50 ms of audio every 50 ms
+    fake_coze.chunk_delay = 0.05
+    text = "Audio that arrives at real time and a reader that pauses."
+    with client_for(fake_coze, first_audio_timeout=0.3, retries=0) as client:
+        got = bytearray()
+        for n, chunk in enumerate(client.synthesize(text, VOICE)):
+            got += chunk
+            if n == 1:
+                time.sleep(1.0)  # the player is busy: the reader's time is not Coze's
+    assert bytes(got) == FakeCoze.pcm_for(text, VOICE, 24000)
+    assert len(fake_coze.requests_to(SPEECH)) == 1
+
+
+def test_no_first_audio_is_waited_for_past_the_deadline(fake_coze):
+    fake_coze.add_faults(SPEECH, Fault.trickle(2, 0.05))
+    deadline = time.monotonic() + 0.5
+    with client_for(fake_coze, first_audio_timeout=30) as client:
+        stream = client.speech("hello", SpeechParams(VOICE), remaining=lambda: deadline - time.monotonic())
+        audio, error = read_in_thread(stream)
+    assert error.code == "timeout" and not error.retryable and "expired" in str(error)
+    assert len(fake_coze.requests_to(SPEECH)) == 1

@@ -188,6 +188,21 @@ def test_truncate_fault_gives_short_body(session, fake, chunked):
     assert r.content == FakeCoze.pcm_for("ok", fake.default_voice_id)
 
 
+@pytest.mark.parametrize("chunked", [True, False])
+def test_trickle_fault_sends_a_few_bytes_at_a_time(session, fake, chunked):
+    fake.chunked = chunked
+    fake.add_fault(SPEECH_PATH, Fault.trickle(2, 0.05))
+    got = bytearray()
+    with speak_stream(session, fake, "trickle") as r:
+        for c in r.iter_content(None if chunked else 2):
+            got += c
+            if len(got) >= 6:
+                break
+    log = fake.speech_log[-1]
+    assert bytes(got) == FakeCoze.pcm_for("trickle", fake.default_voice_id)[:len(got)]
+    assert not log.completed and log.total_bytes > 6 * 1000  # still trickling when we left
+
+
 def test_drop_and_hang(session, fake):
     fake.add_fault(SPEECH_PATH, Fault.dropped())
     with pytest.raises(requests.exceptions.ConnectionError):

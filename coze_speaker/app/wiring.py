@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
 from ..cache import PhraseCache
 from ..config import Config
 from ..coze import CozeClient
+from ..queue.state import device_file
 from ..sound.devices import resolve_sample_rate
 from ..sound.players import Player, make_player
 from ..sound.shaping import Chimes
@@ -36,14 +38,21 @@ def open_cache(config: Config) -> PhraseCache:
     return PhraseCache(config.cache.dir, int(config.cache.max_size_mb * 1024 * 1024))
 
 
+def spending_file(config: Config) -> Path:
+    """Where the spending caps count: `spending-<device_id>.json` in the state dir, so they
+    outlive a restart and the daemon, `say` and `cache warm` of one speaker share them."""
+    return device_file(config.state.dir, "spending", config.mqtt.device_id)
+
+
 def cost_guard(config: Config, previous: Optional[CostGuard] = None) -> CostGuard:
     """The spending caps; a reload keeps the counts of the previous guard."""
     limits = config.limits
     if previous is not None:
         previous.max_requests_per_hour = limits.max_requests_per_hour
         previous.max_chars_per_day = limits.max_chars_per_day
+        previous.path = spending_file(config)
         return previous
-    return CostGuard(limits.max_requests_per_hour, limits.max_chars_per_day)
+    return CostGuard(limits.max_requests_per_hour, limits.max_chars_per_day, path=spending_file(config))
 
 
 def play_rate(config: Config, *, for_file: bool = False) -> int:

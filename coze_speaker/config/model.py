@@ -74,6 +74,8 @@ class CozeConfig:
     context_texts: Optional[str] = key(None, optional(string(nonempty=False)),
                                        "Text describing how to speak (style or context hint), or null.")
     timeout: float = key(15.0, number(gt=0), "Read timeout in seconds for speech requests.")
+    first_audio_timeout: float = key(10.0, number(gt=0),
+                                     "Seconds to a speech request's first audio (then at least half real time).")
     retries: int = key(3, integer(0, 10), "Retries of a request that can succeed later, 0 to 10.")
 
 
@@ -212,7 +214,7 @@ class StateConfig:
     """What the daemon keeps across restarts."""
 
     dir: Path = key(_home(".local/state/coze-speaker"), path(),
-                    "Daemon state: the volume and the journal of waiting announcements.")
+                    "Daemon state: the volume, the journal of waiting announcements, the spending counters.")
 
 
 @dataclass(frozen=True)

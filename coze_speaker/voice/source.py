@@ -70,7 +70,7 @@ class OpenSpeech:
         self.source = source
         self.request = request
         self.use_cache = use_cache and source.cache is not None
-        #: every HTTP request this speech made to Coze
+        #: every HTTP request this speech made to Coze, retries included
         self.api_calls = 0
         #: pieces read from the cache, synthesized by Coze, spoken by the offline voice
         self.cache_hits = 0
@@ -83,6 +83,7 @@ class OpenSpeech:
         self._closed = threading.Event()
         self._chunks: "queue.Queue[Union[bytes, BaseException, object]]" = queue.Queue()
         self._ahead_bytes = 0
+        self._produced = False
         self._space = threading.Condition()
         self._thread = threading.Thread(target=self._produce, name="coze-speaker-synth", daemon=True)
         self._started = threading.Lock()
@@ -138,6 +139,12 @@ class OpenSpeech:
                 return
             self._ahead_bytes += len(chunk)
         self._chunks.put(chunk)
+        self._produced = True
+
+    def _time_left(self) -> Optional[float]:
+        """How long Coze may take: the announcement's deadline bounds the wait for its first
+        audio; once audio flows it plays to the end."""
+        return None if self._produced else self.token.remaining()
 
     def _produce(self) -> None:
         try:
@@ -149,7 +156,9 @@ class OpenSpeech:
                         self._produce_piece(piece)
                         continue
                     except CozeError as exc:
-                        if self.source.fallback is None or isinstance(exc, CozeValidationError):
+                        left = self._time_left()
+                        if (self.source.fallback is None or isinstance(exc, CozeValidationError)
+                                or (left is not None and left <= 0)):  # stale: not even the offline voice
                             raise
                         self.fallback_reason = exc
                         log.warning("speaking with the offline voice: %s", exc)
@@ -198,11 +207,8 @@ class OpenSpeech:
                     log.warning("%s; synthesizing instead", exc)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
-        if source.guard is not None:
-            source.guard.acquire(len(piece))
-        stream = source.client.speech(piece, self.request.params)
-        self.api_calls += 1
-        self.synthesized += 1
+        stream = source.client.speech(piece, self.request.params, remaining=self._time_left,
+                                      before_request=lambda: self._before_request(piece))
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
         try:
             for chunk in stream:
@@ -210,6 +216,7 @@ class OpenSpeech:
                     writer.write(chunk)
                 if not self._closed.is_set():
                     self._put(chunk)
+            self.synthesized += 1
             if writer is not None:
                 if stream.resumed:
                     log.info("not caching %r: its audio was joined from two responses", piece[:40])
@@ -220,3 +227,11 @@ class OpenSpeech:
             if writer is not None:
                 writer.abort()
 
+    def _before_request(self, piece: str) -> None:
+        """Before every HTTP request to Coze, retries included: nothing more once stopped,
+        the spending caps count (or refuse) it, and so does `api_calls`."""
+        if self._closed.is_set():
+            raise CozeError("stopped before Coze was asked again")
+        if self.source.guard is not None:
+            self.source.guard.acquire(len(piece))
+        self.api_calls += 1

@@ -1,0 +1,267 @@
+"""A thin, honest client for Coze's three audio endpoints over one requests.Session.
+
+Every call costs the user money or quota, so parameters are validated before anything is
+sent, only failures that can succeed later are retried, and a clone is never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..vocabulary import MAX_RETRY_AFTER
+from .errors import CozeError, CozeValidationError
+from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
+from .responses import MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of, requests_module
+from .stream import Remaining, SpeechStream
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 5.0
+
+
+class CozeClient:
+    """Coze's audio API: synthesize speech, list voices, clone a voice."""
+
+    def __init__(
+        self,
+        token: Any,
+        base_url: str = "https://api.coze.cn",
+        *,
+        timeout: float = 15.0,
+        first_audio_timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        session: Optional[requests.Session] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._token = token.reveal() if hasattr(token, "reveal") else token
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.first_audio_timeout = first_audio_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._session = session
+
+    @property
+    def session(self) -> "requests.Session":
+        """The one HTTP session (keep-alive to Coze), made at the first request."""
+        if self._session is None:
+            self._session = requests_module().Session()
+        self._session.headers["User-Agent"] = f"coze-speaker/{__version__}"
+        return self._session
+
+    @classmethod
+    def from_config(cls, coze_config: Any, **kwargs: Any) -> "CozeClient":
+        """A client for the `coze:` section of the configuration."""
+        return cls(coze_config.token, coze_config.base_url, timeout=coze_config.timeout,
+                   first_audio_timeout=coze_config.first_audio_timeout, retries=coze_config.retries, **kwargs)
+
+    @property
+    def host(self) -> str:
+        """The API host: part of every cache key, since regions may differ in voices."""
+        return urlsplit(self.base_url).netloc
+
+    def __repr__(self) -> str:
+        return f"CozeClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def __enter__(self) -> "CozeClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- text to speech ---------------------------------------------------------------
+
+    def synthesize(
+        self,
+        text: str,
+        voice_id: str,
+        *,
+        response_format: str = "pcm",
+        sample_rate: int = 24000,
+        speed: float = 1.0,
+        emotion: Optional[str] = None,
+        emotion_scale: Optional[float] = None,
+        loudness_rate: int = 0,
+        context_texts: Optional[str] = None,
+    ) -> SpeechStream:
+        """Start synthesizing text; iterate the result for audio chunks as they arrive.
+
+        Raises CozeValidationError at once (before any request) for a parameter Coze would
+        reject; nothing is sent until the stream is iterated.
+        """
+        params = SpeechParams(voice_id, response_format, sample_rate, speed, emotion,
+                              emotion_scale, loudness_rate, context_texts)
+        return self.speech(text, params)
+
+    def speech(self, text: str, params: SpeechParams, *, remaining: Optional[Remaining] = None,
+               before_request: Optional[Callable[[], None]] = None) -> SpeechStream:
+        """synthesize() for callers that already hold a SpeechParams.
+
+        `remaining` gives the seconds left until the caller's deadline (an announcement's
+        TTL): no request is sent, and no retry waited for, past it. `before_request` is called
+        before every HTTP request, retries included: it counts them, and raising a CozeError
+        there (a spending cap) sends nothing.
+        """
+        validate_input(text)
+        params.validate()
+        self._require_token()
+        return SpeechStream(self, text, params, remaining=remaining, before_request=before_request)
+
+    # -- voices -----------------------------------------------------------------------
+
+    def list_voices(
+        self,
+        *,
+        filter_system_voice: bool = False,
+        model_type: Optional[str] = None,
+        voice_state: Optional[str] = None,
+        page_size: int = 100,
+        max_pages: int = 1000,
+    ) -> Iterator[dict]:
+        """Yield every voice, page after page, until Coze says there are no more."""
+        if model_type is not None and model_type not in MODEL_TYPES:
+            raise CozeValidationError("model_type", f"{model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+        if voice_state is not None and voice_state not in VOICE_STATES:
+            raise CozeValidationError("voice_state", f"{voice_state!r} is not one of {', '.join(VOICE_STATES)}")
+        if not_int(page_size) or not 1 <= page_size <= 100:
+            raise CozeValidationError("page_size", f"{page_size!r} is outside 1..100")
+        self._require_token()
+        query: dict[str, Any] = {"filter_system_voice": "true" if filter_system_voice else "false",
+                                 "page_size": page_size}
+        if model_type:
+            query["model_type"] = model_type
+        if voice_state:
+            query["voice_state"] = voice_state
+        for page in range(1, max_pages + 1):
+            data = self._json_call("GET", "/v1/audio/voices", retry=True,
+                                   params={**query, "page_num": page})
+            voices = (data or {}).get("voice_list") or []
+            yield from voices
+            if not (data or {}).get("has_more") or not voices:
+                return
+        log.warning("stopped listing voices after %d pages", max_pages)
+
+    def clone_voice(
+        self,
+        path: Union[str, Path],
+        name: str,
+        *,
+        audio_format: Optional[str] = None,
+        language: Optional[str] = None,
+        voice_id: Optional[str] = None,
+        text: Optional[str] = None,
+        preview_text: Optional[str] = None,
+        space_id: Optional[str] = None,
+    ) -> str:
+        """Clone the voice in a recording and return its voice_id.
+
+        Cloning is billed per voice: everything Coze would refuse is checked here first,
+        and the request is sent exactly once, never retried.
+        """
+        path = Path(path)
+        audio_format = audio_format or path.suffix.lower().lstrip(".")
+        fields = clone_fields(path, name, audio_format, language, voice_id, text, preview_text, space_id)
+        self._require_token()
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, f"audio/{audio_format}")}
+            data = self._json_call("POST", "/v1/audio/voices/clone", retry=False,
+                                   data=fields, files=files)
+        new_id = (data or {}).get("voice_id")
+        if not isinstance(new_id, str) or not new_id:
+            raise CozeError("the clone answer holds no voice_id")
+        return new_id
+
+    # -- transport --------------------------------------------------------------------
+
+    def _require_token(self) -> None:
+        if not self._token:
+            raise CozeError("no Coze token configured (set coze.token, coze.token_file or $COZE_API_TOKEN)")
+
+    def _send(self, method: str, path: str, *, read_timeout: Optional[float] = None, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange; raises CozeError for any failure, marked retryable or not.
+        `read_timeout` shortens coze.timeout (a deadline closer than it)."""
+        requests = requests_module()
+        headers = {"Authorization": f"Bearer {self._token}"}
+        timeout = self.timeout if read_timeout is None else min(self.timeout, read_timeout)
+        try:
+            response = self.session.request(method, self.base_url + path, headers=headers,
+                                            timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
+        except requests.exceptions.Timeout:
+            raise CozeError(f"no answer from {self.host} within {timeout:g} s", retryable=True) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None
+        except requests.exceptions.RequestException as exc:
+            raise CozeError(f"request to {self.host} failed ({reason_of(exc)})") from None
+        stream = bool(kwargs.get("stream"))
+        if not stream or is_json(response) or response.status_code >= 400:
+            body = read_up_to(response.iter_content(8192), MAX_ERROR_BODY) if stream else response.content
+            envelope = _json_object(body)
+            if envelope is not None and envelope.get("code") == 0 and response.status_code < 400 and not stream:
+                response._coze_envelope = envelope  # type: ignore[attr-defined]
+                return response
+            if stream or response.status_code >= 400 or is_json(response) or envelope is not None:
+                response.close()
+                raise answer_error(response, body)
+        return response
+
+    def _json_call(self, method: str, path: str, *, retry: bool, **kwargs: Any) -> Any:
+        attempt = 0
+        while True:
+            try:
+                response = self._send(method, path, **kwargs)
+                envelope = getattr(response, "_coze_envelope", None)
+                if envelope is None:
+                    raise CozeError("Coze answered without a JSON body", status=response.status_code,
+                                    logid=logid_of(response))
+                return envelope.get("data")
+            except CozeError as exc:
+                if not retry or not exc.retryable or attempt >= self.retries:
+                    raise
+                attempt += 1
+                self._pause(attempt, exc)
+
+    def _pause(self, attempt: int, exc: CozeError, remaining: Optional[Remaining] = None) -> None:
+        """Wait before retry number `attempt`: exponential backoff with jitter, or the
+        answer's Retry-After when it asks for longer. Raises instead of waiting when the wait
+        is longer than MAX_RETRY_AFTER or would pass the caller's deadline (`remaining`)."""
+        delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        if exc.retry_after is not None:
+            delay = max(delay, exc.retry_after)
+        left = remaining() if remaining is not None else None
+        if exc.retry_after is not None and (exc.retry_after > MAX_RETRY_AFTER or (left is not None and delay >= left)):
+            limit = (f"the longest wait honoured is {MAX_RETRY_AFTER:g} s" if exc.retry_after > MAX_RETRY_AFTER
+                     else f"the announcement expires in {max(0.0, left or 0.0):.1f} s")
+            raise CozeError(f"{exc.msg}; Coze asks to wait {exc.retry_after:g} s before trying again, and "
+                            f"{limit}", status=exc.status, code="rate_limited", logid=exc.logid) from None
+        if left is not None and delay >= left:
+            raise exc  # no time left for another try: fail now, so the fallback still can
+        log.info("%s; retry %d of %d in %.1f s", exc, attempt, self.retries, delay)
+        self._sleep(delay)
+
+
+def _json_object(body: bytes) -> Optional[dict]:
+    """The body as a JSON object, None when it is not one."""
+    try:
+        value = json.loads(body.decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
