@@ -53,14 +53,15 @@ def test_a_coze_that_only_trickles_falls_back_to_the_offline_voice(start_daemon,
     pytest.param(True, marks=pytest.mark.skipif(not Path("/usr/bin/espeak-ng").exists(),
                                                 reason="espeak-ng is not installed")),
 ])
-def test_a_trickle_past_the_ttl_fails_without_playing(start_daemon, probe, fake_coze, alsa_sink, offline_voice):
-    """Stale before its first audio: no retry, and not the offline voice either."""
+def test_a_trickle_past_the_ttl_expires_without_playing(start_daemon, probe, fake_coze, alsa_sink, offline_voice):
+    """Stale before its first audio: `expired`, no retry, and not the offline voice either."""
     start_daemon(coze={"first_audio_timeout": 30, "retries": 2},
                  fallback={"engine": "espeak-ng" if offline_voice else "none"})
     fake_coze.add_fault(SPEECH, Fault.trickle(2, 0.5))
     probe.publish(SAY, {"text": "The bus leaves in two minutes", "id": "bus", "ttl": 2})
-    ev = probe.wait_event(EVENT, id="bus", event="failed", timeout=20)
-    assert ev["error"]["code"] == "timeout" and "expired" in ev["error"]["message"]
+    ev = probe.wait_event(EVENT, id="bus", event="expired", timeout=20)
+    assert ev["reason"] == "ttl"
+    assert [e["event"] for e in probe.events(EVENT, id="bus")] == ["queued", "started", "expired"]
     assert len(fake_coze.requests_to(SPEECH)) == 1  # no retry for a stale announcement
     assert alsa_sink.read().strip(b"\0") == b""
 

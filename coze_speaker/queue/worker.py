@@ -391,6 +391,8 @@ class Announcer:
             except SpeakerError as exc:  # CozeError and the others: final for this announcement
                 if token.cancelled:
                     return cut_short({"api_calls": calls + speech.api_calls})
+                if token.expired():  # Coze gave up at the deadline, a moment before the token did
+                    return "expired", {"reason": "ttl", "api_calls": calls + speech.api_calls}
                 return "failed", {"error": error_fields(exc), "api_calls": calls + speech.api_calls}
         if not result.played:
             if token.expired() and not token.cancelled:
