@@ -15,7 +15,8 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
-from ..vocabulary import AUDIO_BACKENDS, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, SAMPLE_RATES, SPEED, VOLUME
+from ..vocabulary import (AUDIO_BACKENDS, BREAKER_MAX_COOLDOWN, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES,
+                          SAMPLE_RATES, SPEED, VOLUME)
 from .checks import (Secret, boolean, integer, list_of, null_as, number, one_of, optional, path, pattern, secret,
                      string, time_of_day, topic, url, word_or)
 from .loader import flag_or_section, key, subsection
@@ -75,6 +76,8 @@ class CozeConfig:
                                        "Text describing how to speak (style or context hint), or null.")
     timeout: float = key(15.0, number(gt=0), "Read timeout in seconds for speech requests.")
     retries: int = key(3, integer(0, 10), "Retries of a request that can succeed later, 0 to 10.")
+    breaker_cooldown: float = key(15.0, number(0, 3600),
+                                  f"Seconds Coze counts as down after retries failed (doubles, up to {BREAKER_MAX_COOLDOWN:g} s); 0 = off.")
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,8 @@ class MqttFrontEnd:
         worker = self.worker
         return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
-                            last=(worker.last_text or "")[:250] or None)
+                            last=(worker.last_text or "")[:250] or None,
+                            coze=None if worker.coze_down is None else "down" if worker.coze_down else "up")
 
     def _publish_state_now(self, *, final: bool = False) -> None:
         state = self.state()
