@@ -60,6 +60,10 @@ def speech_calls(fake_coze: FakeCoze) -> int:
     return len(fake_coze.requests_to(SPEECH))
 
 
+def probe_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == "coze-speaker-probe"}
+
+
 # -- the daemon end to end --------------------------------------------------------------------
 
 @needs_espeak
@@ -93,6 +97,7 @@ def test_while_coze_is_down_announcements_skip_it_and_use_the_fallback_voice(sta
 @needs_espeak
 @pytest.mark.parametrize("how", ["http_503", "refused"])
 def test_the_probe_closes_the_breaker_when_coze_answers_again(start_daemon, probe, fake_coze, alsa_sink, how):
+    earlier = probe_threads()
     r = start_daemon(fallback={"engine": "espeak-ng"}, coze={"retries": 1, "timeout": 2, "breaker_cooldown": 1})
     assert wait_coze_state(probe, "up")
     go_down(fake_coze, how)
@@ -117,7 +122,7 @@ def test_the_probe_closes_the_breaker_when_coze_answers_again(start_daemon, prob
     audio = pcm(text)
     assert audio in alsa_sink.wait_for(len(audio), timeout=10)
     r.stop()
-    assert not [t for t in threading.enumerate() if t.name == "coze-speaker-probe"]
+    assert probe_threads() <= earlier  # the daemon's probe thread ended with it
 
 
 def test_a_cached_phrase_behind_a_hung_miss_is_spoken(start_daemon, probe, fake_coze, alsa_sink):
@@ -226,8 +231,59 @@ def test_half_open_lets_one_request_try_and_the_cool_down_grows(fake_coze):
     assert "asked again in 10 s" in str(again.value)  # a success reset the streak
 
 
+def wait_for_probes(breaker: CircuitBreaker, count: int, *, refused: bool = False) -> None:
+    """Bounded wait until the breaker has sent `count` checks; with refused, every permit asked
+    for meanwhile must be refused (no real request tries while the checks cannot reach Coze)."""
+    deadline = time.monotonic() + 20
+    while breaker.probes < count:
+        assert time.monotonic() < deadline, f"only {breaker.probes} checks were sent"
+        if refused:
+            with pytest.raises(CozeUnavailableError):
+                breaker.permit()
+        time.sleep(0.01)
+
+
+def test_a_real_request_tries_only_when_coze_answers_but_its_voice_list_fails(fake_coze):
+    breaker = CircuitBreaker(0.05, max_cooldown=0.05,
+                             probe=VoiceListProbe(CozeClient(TOKEN, fake_coze.url, retries=0, timeout=0.3)))
+    try:
+        fake_coze.start_outage(Fault.http_error(503))
+        breaker.permit().done(real_error(fake_coze))
+        fake_coze.start_outage(Fault.http_error(503), VOICES_PATH)  # speech works again, the voice list not
+        wait_for_probes(breaker, 2)
+        deadline = time.monotonic() + 20
+        while True:  # after a cool-down one real request may try: it is the one that finds Coze back
+            assert time.monotonic() < deadline, "no real request was let through"
+            try:
+                trial = breaker.permit()
+                break
+            except CozeUnavailableError:
+                time.sleep(0.01)
+        assert trial.trial
+        with CozeClient(TOKEN, fake_coze.url, retries=0) as c:
+            c.speech("hello", SpeechParams("voice_0000")).read_all()
+        trial.done()
+        assert not breaker.down
+
+        # Coze hangs: the checks (each waiting out its timeout) alone decide; no announcement
+        # is let through to wait for its timeouts and retries again after the cool-down
+        fake_coze.start_outage(Fault.hanging(10))
+        breaker.permit().done(real_error(fake_coze, timeout=0.3))
+        probes = breaker.probes
+        wait_for_probes(breaker, probes + 3, refused=True)
+        assert breaker.down
+        fake_coze.end_outage()
+        deadline = time.monotonic() + 20
+        while breaker.down:
+            assert time.monotonic() < deadline, "the check did not close the breaker"
+            time.sleep(0.01)
+    finally:
+        breaker.close()
+
+
 def test_the_probe_thread_checks_while_down_and_stops_on_close(fake_coze):
     fake_coze.start_outage(Fault.http_error(503))
+    earlier = probe_threads()
     changes = []
     breaker = CircuitBreaker(0.05, max_cooldown=0.2,
                              probe=VoiceListProbe(CozeClient(TOKEN, fake_coze.url, retries=0, timeout=2)))
@@ -238,7 +294,7 @@ def test_the_probe_thread_checks_while_down_and_stops_on_close(fake_coze):
     while breaker.probes < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert breaker.probes >= 3 and breaker.down, "the probe should keep checking while Coze is down"
-    assert len(fake_coze.requests_to(VOICES_PATH, "GET")) == breaker.probes
+    assert 1 <= len(fake_coze.requests_to(VOICES_PATH, "GET")) <= breaker.probes  # each a voice-list GET
     assert len(fake_coze.requests_to(SPEECH)) == synthesized  # a check never synthesizes
     fake_coze.end_outage()
     deadline = time.monotonic() + 20
@@ -251,8 +307,9 @@ def test_the_probe_thread_checks_while_down_and_stops_on_close(fake_coze):
     fake_coze.start_outage(Fault.http_error(503))
     breaker.permit().done(real_error(fake_coze))
     assert breaker.down
+    assert probe_threads() - earlier  # checking again
     breaker.close()
-    assert not [t for t in threading.enumerate() if t.name == "coze-speaker-probe"]
+    assert probe_threads() <= earlier
     probes = breaker.probes
     time.sleep(0.5)  # several cool-downs: a stopped breaker sends nothing
     assert breaker.probes == probes

@@ -290,10 +290,11 @@ class MqttFrontEnd:
                 return None
             cache = {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
         worker = self.worker
+        down = worker.coze_down
         return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
                             last=(worker.last_text or "")[:250] or None,
-                            coze=None if worker.coze_down is None else "down" if worker.coze_down else "up")
+                            coze=None if down is None else "down" if down else "up")
 
     def _publish_state_now(self, *, final: bool = False) -> None:
         state = self.state()

@@ -11,8 +11,11 @@ request's timeouts) before the offline voice speaks, and everything queued behin
   most ``BREAKER_MAX_COOLDOWN``) Coze is not asked; cached phrases play, the rest go to the offline
   voice at once or fail with code ``coze_unavailable``.
 - half-open (the cool-down is over): a background probe asks Coze for one voice of its voice
-  list, and one real request may try as well; the first answer closes the breaker, a failure
-  opens it again for the next, longer cool-down.
+  list; its answer closes the breaker, a failure opens it again for the next, longer
+  cool-down. One real request may try as well, but only when the last check got an HTTP
+  answer (Coze's servers answer, only the voice list failed: speech may work, and only a
+  real request can tell). When Coze cannot be reached or hangs, the probe alone decides, so
+  no announcement pays the retries and timeouts again at the end of every cool-down.
 
 The probe is a GET of ``/v1/audio/voices`` (one page of one voice): it synthesizes nothing,
 so it is not billed and not counted by the cost guard, which exists to cap spending (an
@@ -109,6 +112,7 @@ class CircuitBreaker:
         self._streak = 0  # opens since Coze last synthesized something
         self._until = 0.0
         self._trial = False
+        self._trial_ok = probe is None  # may a real request try after the cool-down?
         self._reason: Optional[BaseException] = None
         self._since = 0.0
         self._closed = False
@@ -130,7 +134,7 @@ class CircuitBreaker:
             if self._state == CLOSED:
                 return Permit(self, self._generation)
             left = self._until - self._clock()
-            if left <= 0 and not self._trial:
+            if left <= 0 and not self._trial and self._trial_ok:
                 self._trial = True
                 return Permit(self, self._generation, trial=True)
             reason = self._reason
@@ -181,6 +185,8 @@ class CircuitBreaker:
                     self._close_now(permit)
                     changed = True
             elif permit.generation == self._generation:  # else an older request: the state moved on
+                if permit.probe:
+                    self._trial_ok = isinstance(exc, CozeError) and exc.status is not None
                 changed = self._open(exc)
         if changed:
             self._notify()
@@ -196,10 +202,10 @@ class CircuitBreaker:
         self.opened += 1
         if was_up:
             self._since = now
-            log.warning("Coze counts as down (%s): for %.0f s cached phrases play and the rest go to the "
-                        "offline voice or fail at once; checking in the background", exc, wait)
+            log.warning("Coze counts as down after: %s. It is not asked for %g s (cached phrases still play, "
+                        "the rest go to the offline voice if there is one); checking in the background", exc, wait)
         else:
-            log.info("Coze is still down (%s); next check in %.0f s", exc, wait)
+            log.info("Coze is still down: %s. Next check in %g s", exc, wait)
         if self._probe is not None and self._thread is None:
             self._thread = threading.Thread(target=self._probe_loop, name="coze-speaker-probe", daemon=True)
             self._thread.start()
@@ -208,6 +214,7 @@ class CircuitBreaker:
 
     def _close_now(self, permit: Permit) -> None:
         self._state, self._reason, self._trial = CLOSED, None, False
+        self._trial_ok = self._probe is None
         self._generation += 1
         self._cond.notify_all()
         log.info("Coze answers again after %.0f s (%s): back to the Coze voice", self._clock() - self._since,
