@@ -19,7 +19,8 @@ then Coze comes back, and it measures how soon a new announcement gets Coze's vo
 It prints a markdown section ("Circuit breaker: announcements while Coze is down"); with
 --out it also writes it at the end of that file (replacing the section if it is there).
 Everything is on 127.0.0.1 (mosquitto, the fake Coze of tests/fake_coze.py in-process);
-every wait is bounded. --quick: N=2, P=1, two outages, a shorter timeout (under a minute).
+every wait is bounded. --quick: N=2, P=1, two outages, `coze.timeout: 1`, a 5 s cool-down
+(about a minute).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BenchFake, Client, DaemonProcess, StampSink, daemon_config, start_broker, which  # noqa: E402
 from fake_coze import Fault  # noqa: E402  (tests/fake_coze.py, on the path through harness)
 
+from coze_speaker.vocabulary import BREAKER_MAX_COOLDOWN  # noqa: E402
+
 HEADING = "## Circuit breaker: announcements while Coze is down"
 SPEECH = "/v1/audio/speech"
 VOICES = "/v1/audio/voices"
 GAP = 0.1  # idle time before each timed publish, as in bench/run.py
 CACHED = "Someone is at the front door"
-COOLDOWN = 15  # coze.breaker_cooldown with the breaker (the default)
+COOLDOWN = 15  # coze.breaker_cooldown with the breaker (the default); --quick: 5
 
 OUTAGES = {
     "refused": "connection refused",
@@ -112,7 +115,8 @@ class World:
             shutil.rmtree(self.work, ignore_errors=True)
 
 
-def run_case(world: World, outage: str, breaker: bool, *, n: int, pairs: int, timeout: float) -> Case:
+def run_case(world: World, outage: str, breaker: bool, *, n: int, pairs: int, timeout: float,
+             cooldown: float) -> Case:
     """Start a daemon, cache one phrase, take Coze down, measure; the daemon is stopped after."""
     case = Case(outage, breaker)
     name = f"{outage}-{'on' if breaker else 'off'}"
@@ -120,7 +124,7 @@ def run_case(world: World, outage: str, breaker: bool, *, n: int, pairs: int, ti
     cfg = daemon_config(world.work / f"{name}.yaml", fake=world.fake, broker_port=world.broker.port,
                         device="bench-breaker", cache_dir=world.work / f"cache-{name}",
                         state_dir=world.work / f"state-{name}",
-                        coze={"retries": 3, "timeout": timeout, "breaker_cooldown": COOLDOWN if breaker else 0},
+                        coze={"retries": 3, "timeout": timeout, "breaker_cooldown": cooldown if breaker else 0},
                         fallback={"engine": "espeak-ng"})
     client = world.client
     before = len(client.online)
@@ -202,12 +206,14 @@ def s(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
-def markdown(cases: List[Case], *, n: int, pairs: int, timeout: float, quick: bool, seconds: float) -> str:
+def markdown(cases: List[Case], *, n: int, pairs: int, timeout: float, cooldown: float, quick: bool,
+             seconds: float) -> str:
     lines = [HEADING, ""]
     lines += [
         f"`python bench/breaker.py{' --quick' if quick else ''}` ({seconds:.0f} s). The daemon as a process, "
         f"aplay into the timestamping ALSA sink, `fallback.engine: espeak-ng`, `coze.retries: 3` (the default), "
-        f"`coze.timeout: {timeout:g}`; with the breaker `coze.breaker_cooldown: {COOLDOWN}` (the default), "
+        f"`coze.timeout: {timeout:g}`; with the breaker `coze.breaker_cooldown: {cooldown:g}`"
+        f"{' (the default)' if cooldown == COOLDOWN else ''}, "
         "without it `0`. One phrase was cached while Coze was up; then Coze went down and stayed down.",
         "",
         f"- **misses**: {n} announcements that are not cached, one at a time (each published after the "
@@ -235,10 +241,39 @@ def markdown(cases: List[Case], *, n: int, pairs: int, timeout: float, quick: bo
             c.speech_requests, c.checks, "—" if c.recovery is None else s(c.recovery)))
     odd = [f"{c.outage}, breaker {'on' if c.breaker else 'off'}: {', '.join(c.other)}" for c in cases if c.other]
     lines.append("")
+    lines += summary(cases, cooldown)
     if odd:
         lines.append("Misses not spoken by the offline voice: " + "; ".join(odd) + ".")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def summary(cases: List[Case], cooldown: float) -> List[str]:
+    """A few sentences computed from the figures: what the breaker saves and what it costs."""
+    by = {(c.outage, c.breaker): c for c in cases}
+    saved, backs = [], []
+    for outage in OUTAGES:
+        on, off = by.get((outage, True)), by.get((outage, False))
+        if on is None or off is None or len(on.misses) < 2 or len(off.misses) < 2:
+            continue
+        a, b = statistics.median(off.misses[1:]), statistics.median(on.misses[1:])
+        saved.append(f"{OUTAGES[outage]}, {s(a)} → {s(b)} ({a / b:.0f}× less; speech requests "
+                     f"{off.speech_requests} → {on.speech_requests})")
+        if on.recovery is not None:
+            backs.append(f"{s(on.recovery)} when it was {OUTAGES[outage].replace('every request ', '')}")
+    lines = []
+    if saved:
+        lines += ["With the breaker, a miss after the first one no longer waits for the retries (and "
+                  "timeouts), median of the 2nd… misses without → with it: " + "; ".join(saved) + ". The "
+                  "cached phrase behind a miss plays as quickly. The 1st miss still pays them: it is the one "
+                  "that finds Coze down.", ""]
+    if backs:
+        lines += [f"The cost: when Coze comes back, misses keep the offline voice until the check at the end "
+                  f"of the cool-down closes the breaker ({', '.join(backs)} here; the cool-down is "
+                  f"{cooldown:g} s, doubling after each failed check up to {BREAKER_MAX_COOLDOWN:g} s in a long "
+                  "outage), where "
+                  "without the breaker the next request finds it.", ""]
+    return lines
 
 
 def write_section(path: Path, section: str) -> None:
@@ -265,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     n = max(1, min(args.n or (2 if args.quick else 6), 50))
     pairs = max(0, min(args.pairs if args.pairs is not None else (1 if args.quick else 3), 20))
     timeout = 1.0 if args.quick else 2.0
+    cooldown = 5.0 if args.quick else float(COOLDOWN)
     outages = ["refused", "hang"] if args.quick else list(OUTAGES)
     t0 = time.monotonic()
     world = World(args.keep)
@@ -273,10 +309,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         for outage in outages:
             for breaker in (True, False):
                 print(f"bench: Coze down ({OUTAGES[outage]}), breaker {'on' if breaker else 'off'} …", flush=True)
-                cases.append(run_case(world, outage, breaker, n=n, pairs=pairs, timeout=timeout))
+                cases.append(run_case(world, outage, breaker, n=n, pairs=pairs, timeout=timeout,
+                                      cooldown=cooldown))
     finally:
         world.close()
-    section = markdown(cases, n=n, pairs=pairs, timeout=timeout, quick=args.quick, seconds=time.monotonic() - t0)
+    section = markdown(cases, n=n, pairs=pairs, timeout=timeout, cooldown=cooldown, quick=args.quick,
+                       seconds=time.monotonic() - t0)
     print(section)
     if args.out:
         write_section(Path(args.out), section)

@@ -4,12 +4,12 @@ Without it every announcement that is not cached spends the client's retries (an
 request's timeouts) before the offline voice speaks, and everything queued behind it waits.
 
 - closed: requests go to Coze. A transient failure that the retries could not fix (network,
-  timeout, 5xx, 429 and Coze's "try later" codes) opens the breaker. A final error (a bad
-  voice_id 4000, a wrong token 4100, …) is Coze answering: it is our fault, not an outage,
-  and never opens it.
+  timeout, 5xx, 429 and Coze's "try later" codes) opens the breaker. A final error (invalid
+  parameters 4000, an unknown voice_id, a wrong token 4100, …) is Coze answering: it is our
+  fault or our config, not an outage, and never opens it.
 - open: for a cool-down (``coze.breaker_cooldown`` s, doubled after each failed check, at
-  most ``BREAKER_MAX_COOLDOWN``) Coze is not asked; cached phrases play, the rest go to the offline
-  voice at once or fail with code ``coze_unavailable``.
+  most ``BREAKER_MAX_COOLDOWN``) Coze is not asked; cached phrases play, the rest go to the
+  offline voice at once or fail with code ``coze_unavailable``.
 - half-open (the cool-down is over): a background probe asks Coze for one voice of its voice
   list; its answer closes the breaker, a failure opens it again for the next, longer
   cool-down. One real request may try as well, but only when the last check got an HTTP
@@ -218,7 +218,7 @@ class CircuitBreaker:
         self._generation += 1
         self._cond.notify_all()
         log.info("Coze answers again after %.0f s (%s): back to the Coze voice", self._clock() - self._since,
-                    "a check of its voice list" if permit.probe else "a request")
+                 "a check of its voice list" if permit.probe else "a request")
 
     def _notify(self) -> None:
         with self._cond:
