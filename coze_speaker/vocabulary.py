@@ -30,6 +30,9 @@ COMPRESSED_BYTES_PER_SECOND = 2000
 MAX_RETRY_AFTER = 60.0
 #: `audio.backend` choices: auto picks aplay when installed, else simpleaudio.
 AUDIO_BACKENDS = ("auto", "aplay", "simpleaudio", "null")
+#: Coze's circuit breaker doubles its cool-down after each failed check up to this (seconds),
+#: or up to `coze.breaker_cooldown` when that is longer.
+BREAKER_MAX_COOLDOWN = 120.0
 #: Events that end an announcement (exactly one per accepted announcement).
 FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "interrupted"})
 

@@ -11,7 +11,9 @@ free port) speaking HTTP/1.1 with keep-alive, so a real HTTP client (requests)
 is exercised over real sockets.  Every request is recorded, speech responses
 are timed, and faults (HTTP errors from a "proxy", JSON error envelopes,
 truncated bodies, hangs, dropped connections, mid-body stalls) can be queued
-per path.
+per path, or applied to every request while an outage lasts (``start_outage``,
+``end_outage``); ``stop()`` then ``come_back()`` refuses connections for a while
+and listens again on the same port.
 
 Usage::
 
@@ -518,6 +520,10 @@ class FakeCoze:
         self.strict_emotion = False         # True: emotion must be in the voice's support_emotions
         self.emit_empty_support_emotions = False  # docs: support_emotions only for multi-emotion voices
 
+        # an outage: every request (to the listed paths, or to all) gets this fault, not consumed
+        self.outage: Optional[Fault] = None
+        self.outage_paths: Optional[Tuple[str, ...]] = None
+
         self._lock = threading.RLock()
         self._faults: Dict[str, Deque[Fault]] = {}
         self._clone_counter = itertools.count(1)
@@ -528,11 +534,11 @@ class FakeCoze:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "FakeCoze":
+    def start(self, port: int = 0) -> "FakeCoze":
         if self._server is not None:
             return self
         self._stop_event.clear()
-        server = _Server((self.host, 0), _Handler)
+        server = _Server((self.host, port), _Handler)
         server.fake = self
         self._server = server
         self.port = server.server_address[1]
@@ -560,6 +566,10 @@ class FakeCoze:
             self._thread.join(timeout=5)
         self._server = None
         self._thread = None
+
+    def come_back(self) -> "FakeCoze":
+        """Listen again on the same port after stop() (connections were refused meanwhile)."""
+        return self.start(self.port)
 
     def __enter__(self) -> "FakeCoze":
         return self.start()
@@ -612,8 +622,23 @@ class FakeCoze:
         with self._lock:
             self._faults.clear()
 
+    def start_outage(self, fault: Fault, *paths: str) -> None:
+        """Until end_outage(), every request to these paths (all paths when none are given)
+        gets `fault` (e.g. Fault.http_error(503), Fault.dropped(), Fault.hanging(30)); queued
+        faults wait until it ends."""
+        with self._lock:
+            self.outage = fault
+            self.outage_paths = tuple(urlsplit(p).path for p in paths) or None
+
+    def end_outage(self) -> None:
+        with self._lock:
+            self.outage = None
+            self.outage_paths = None
+
     def _take_fault(self, path: str) -> Optional[Fault]:
         with self._lock:
+            if self.outage is not None and (self.outage_paths is None or path in self.outage_paths):
+                return self.outage
             q = self._faults.get(path)
             if q:
                 return q.popleft()

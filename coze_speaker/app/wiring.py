@@ -21,6 +21,7 @@ from ..sound.players import Player, make_player
 from ..sound.shaping import Chimes
 from ..sound.speaker import Speaker
 from ..vocabulary import DEFAULT_PLAY_RATE
+from ..voice.breaker import PROBE_TIMEOUT, CircuitBreaker, VoiceListProbe
 from ..voice.costguard import CostGuard
 from ..voice.fallback import EspeakFallback, make_fallback
 from ..voice.request import RequestBuilder
@@ -32,6 +33,16 @@ log = logging.getLogger(__name__)
 def coze_client(config: Config) -> Optional[CozeClient]:
     """The Coze client, or None when no token is configured."""
     return CozeClient.from_config(config.coze) if config.coze.token else None
+
+
+def coze_breaker(config: Config, client: Optional[CozeClient]) -> Optional[CircuitBreaker]:
+    """The breaker that lets announcements skip Coze while it is down (None when disabled or
+    without a client). Its probe has a client of its own: one attempt, a short timeout."""
+    coze = config.coze
+    if client is None or not coze.breaker_cooldown:
+        return None
+    probe = CozeClient(coze.token, coze.base_url, timeout=min(coze.timeout, PROBE_TIMEOUT), retries=0)
+    return CircuitBreaker(coze.breaker_cooldown, probe=VoiceListProbe(probe))
 
 
 def open_cache(config: Config) -> PhraseCache:
@@ -75,6 +86,8 @@ class Voice:
     requests: RequestBuilder
 
     def close(self) -> None:
+        if self.source.breaker is not None:
+            self.source.breaker.close()
         self.cache.close()
         if self.client is not None:
             self.client.close()
@@ -104,7 +117,8 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
             client.close()
         raise
     guard = cost_guard(config, guard)
-    source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc)
+    source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc,
+                         breaker=coze_breaker(config, client))
     return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate))
 
 

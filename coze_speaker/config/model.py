@@ -15,7 +15,8 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
-from ..vocabulary import AUDIO_BACKENDS, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, SAMPLE_RATES, SPEED, VOLUME
+from ..vocabulary import (AUDIO_BACKENDS, BREAKER_MAX_COOLDOWN, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES,
+                          SAMPLE_RATES, SPEED, VOLUME)
 from .checks import (Secret, boolean, integer, list_of, null_as, number, one_of, optional, path, pattern, secret,
                      string, time_of_day, topic, url, word_or)
 from .loader import flag_or_section, key, subsection
@@ -77,6 +78,8 @@ class CozeConfig:
     first_audio_timeout: float = key(10.0, number(gt=0),
                                      "Seconds to a speech request's first audio (then at least half real time).")
     retries: int = key(3, integer(0, 10), "Retries of a request that can succeed later, 0 to 10.")
+    breaker_cooldown: float = key(15.0, number(0, 3600),
+                                  f"Seconds Coze counts as down after retries failed (doubles, up to {BREAKER_MAX_COOLDOWN:g} s); 0 = off.")
 
 
 @dataclass(frozen=True)

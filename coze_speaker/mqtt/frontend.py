@@ -314,9 +314,11 @@ class MqttFrontEnd:
                 return None
             cache = {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
         worker = self.worker
+        down = worker.coze_down
         return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
-                            last=self._last or None)
+                            last=self._last or None,
+                            coze=None if down is None else "down" if down else "up")
 
     def _load_last(self) -> None:
         saved = self.store.load(LAST_FILE) if self.store is not None else None

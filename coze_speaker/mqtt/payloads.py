@@ -36,6 +36,8 @@ class SpeakerState:
     cache: dict
     version: str
     last: Optional[str] = None
+    #: "up", or "down" while Coze's circuit breaker is open; absent without Coze or a breaker
+    coze: Optional[str] = None
 
     def payload(self) -> bytes:
         return _json(asdict(self))

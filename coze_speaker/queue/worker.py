@@ -85,6 +85,7 @@ class Announcer:
         self._stuck_after: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
+        self._unwatch: Callable[[], None] = lambda: None
 
     @property
     def settings(self) -> QueueSettings:
@@ -170,6 +171,12 @@ class Announcer:
     def speaking(self) -> bool:
         return self.policy.playing is not None
 
+    @property
+    def coze_down(self) -> Optional[bool]:
+        """Whether Coze counts as down (its circuit breaker is open); None without a breaker."""
+        breaker = self.source.breaker
+        return None if breaker is None else breaker.down
+
     def queue_length(self) -> int:
         with self._lock:
             return len(self.policy)
@@ -183,6 +190,8 @@ class Announcer:
 
     def start(self) -> None:
         self._running = True
+        if self.source.breaker is not None:  # Coze going down or coming back changes the state
+            self._unwatch = self.source.breaker.on_change(self._changed)
         self._thread = threading.Thread(target=self._run, name="coze-speaker-player", daemon=True)
         self._thread.start()
         self._keeper = threading.Thread(target=self._keep, name="coze-speaker-queue", daemon=True)
@@ -197,6 +206,7 @@ class Announcer:
             pending = self.policy.pending()
             items = list(self._items.values())
             self._lock.notify_all()
+        self._unwatch()
         for item in items:
             item.token.cancel(SHUTDOWN)
             self._close(item)

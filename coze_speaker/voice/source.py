@@ -3,7 +3,8 @@
 `AudioSource.open()` gives an `OpenSpeech`: a producer thread reads cached pieces from disk,
 streams missing ones from Coze into the player and the cache at the same time, and fetches
 later pieces while earlier ones play. When Coze cannot speak a piece, the offline voice
-(if configured) does. The announcement's cancel token stops the producer.
+(if configured) does; while the circuit breaker says Coze is down, a missing piece goes to
+the offline voice at once. The announcement's cancel token stops the producer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterator, Optional, Union
 from ..cache import CacheError, PhraseCache, cache_key
 from ..cancel import CancelToken
 from ..coze import CozeClient, CozeError, CozeValidationError
+from .breaker import CircuitBreaker
 from .costguard import CostGuard
 from .fallback import EspeakFallback, FallbackError
 from .request import SpeechRequest
@@ -33,11 +35,14 @@ class AudioSource:
 
     def __init__(self, client: Optional[CozeClient], cache: Optional[PhraseCache], *,
                  guard: Optional[CostGuard] = None, host: Optional[str] = None,
-                 fallback: Optional[EspeakFallback] = None) -> None:
+                 fallback: Optional[EspeakFallback] = None,
+                 breaker: Optional[CircuitBreaker] = None) -> None:
         self.client = client
         self.cache = cache
         self.guard = guard
         self.fallback = fallback
+        #: says whether Coze counts as down; None = always ask Coze
+        self.breaker = breaker
         self.host = host or (client.host if client else "")
 
     def key(self, piece: str, request: SpeechRequest) -> str:
@@ -207,6 +212,21 @@ class OpenSpeech:
                     log.warning("%s; synthesizing instead", exc)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
+        permit = source.breaker.permit() if source.breaker is not None else None  # raises while Coze is down
+        try:
+            self._synthesize(piece, key)
+        except BaseException as exc:
+            if permit is not None:
+                permit.done(exc)
+            raise
+        if permit is not None:
+            permit.done()
+
+    def _synthesize(self, piece: str, key: str) -> None:
+        """One piece from Coze, streamed to the player and into the cache (the cost guard and
+        the request count are asked before every HTTP attempt, retries included)."""
+        source, cache = self.source, self.source.cache
+        assert source.client is not None
         stream = source.client.speech(piece, self.request.params, remaining=self._time_left,
                                       before_request=lambda: self._before_request(piece))
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
