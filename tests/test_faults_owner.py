@@ -49,7 +49,8 @@ def test_the_ttl_holds_while_coze_hangs(start_daemon, probe, fake_coze, alsa_sin
     assert ev["event"] == "expired" and ev["reason"] == "ttl", ev
     assert "started" in kinds(probe, "late")  # it had begun: the deadline reached inside synthesis
     probe.publish(SAY, {"text": "next one", "id": "next"})
-    assert final(probe, "next")["event"] == "finished"
+    nxt = final(probe, "next")
+    assert nxt["event"] == "finished", (nxt.get("error"), nxt)
     audio = pcm("next one")
     played = alsa_sink.wait_for(len(audio))
     at = played.find(audio)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..vocabulary import MAX_RETRY_AFTER
-from .errors import CozeError, CozeValidationError
+from .errors import STALE, CozeError, CozeValidationError
 from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
 from .responses import MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of, requests_module
 from .stream import Remaining, SpeechStream
@@ -205,6 +205,8 @@ class CozeClient:
             response = self.session.request(method, self.base_url + path, headers=headers,
                                             timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
         except requests.exceptions.Timeout:
+            if read_timeout is not None and read_timeout < self.timeout:  # our deadline, not Coze's fault
+                raise CozeError(STALE, code="timeout") from None
             raise CozeError(f"no answer from {self.host} within {timeout:g} s", retryable=True) from None
         except requests.exceptions.ConnectionError as exc:
             raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None

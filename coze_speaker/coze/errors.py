@@ -6,6 +6,10 @@ from typing import Optional, Union
 
 from ..errors import SpeakerError
 
+#: The message of a request given up at the caller's deadline: not Coze's fault, not retried,
+#: and never a sign that Coze is down.
+STALE = "the announcement expired before Coze's audio arrived"
+
 
 class CozeError(SpeakerError):
     """A failed Coze call, carrying everything a user needs to act or to ask support.

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from ..sound import wav
 from ..vocabulary import COMPRESSED_BYTES_PER_SECOND
-from .errors import CozeError
+from .errors import STALE, CozeError
 from .params import SpeechParams
 from .responses import (MAX_ERROR_BODY, SNIFF_BYTES, answer_error, content_type, is_audio_type, logid_of,
                         looks_like_document, read_up_to, reason_of, requests_module)
@@ -74,7 +74,7 @@ class SpeechStream:
         """Send nothing once the caller's deadline passed: nobody would hear the answer."""
         left = self._remaining() if self._remaining is not None else None
         if left is not None and left <= 0:
-            raise CozeError("the announcement expired before Coze's audio arrived", code="timeout")
+            raise CozeError(STALE, code="timeout")
 
     def read_all(self) -> bytes:
         """Collect the whole body: for callers that need it at once (a file, a test)."""
@@ -123,6 +123,9 @@ class SpeechStream:
                             status=response.status_code, logid=self.logid, retryable=True) from None
         except requests.exceptions.Timeout:
             watchdog.raise_verdict()
+            left = self._remaining() if self._remaining is not None else None
+            if left is not None and left < 0.1:  # the read was shortened to our deadline
+                raise CozeError(STALE, code="timeout") from None
             raise CozeError(f"audio stream stalled after {received} bytes (no data for {self._client.timeout:g} s)",
                             status=response.status_code, logid=self.logid, retryable=True) from None
         except (requests.exceptions.RequestException, OSError, ValueError, AttributeError):

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..vocabulary import MIN_STREAM_SPEED
-from .errors import CozeError
+from .errors import STALE, CozeError
 
 if TYPE_CHECKING:
     import requests
@@ -105,7 +105,7 @@ class Watchdog:
         if now < self._due():
             return False
         if self._received == 0 and self._deadline is not None and self._deadline <= now:
-            self.verdict = CozeError("the announcement expired before Coze's audio arrived", code="timeout")
+            self.verdict = CozeError(STALE, code="timeout")
         elif self._received == 0:
             self.verdict = CozeError(f"no audio from Coze within {self.first_audio:g} s (coze.first_audio_timeout)",
                                      code="timeout", retryable=True)
