@@ -211,3 +211,38 @@ def test_the_queue_touches_a_constant_number_of_announcements_per_message():
     late = reads_for(2000, 20)
     assert late <= early + 20, (early, late)
     assert len(policy) == 2020 and [a.id for a in policy.waiting()[:3]] == ["q0", "q1", "q2"]
+
+
+# -- queued means durable: one fdatasync per batch ----------------------------------------------
+
+def test_sync_covers_every_line_appended_since_the_last_one(tmp_path):
+    """Group commit: appends are only written; one sync makes all of them durable; done lines
+    do not ask for one (losing one only replays an announcement within its TTL)."""
+    journal = Journal(tmp_path / "queue.jsonl")
+    for n in range(3):
+        journal.add(ann(n))
+    assert journal.syncs == 0
+    journal.sync()
+    journal.sync()  # nothing new
+    assert journal.syncs == 1
+    journal.done(["a0"])
+    journal.sync()
+    assert journal.syncs == 1
+    journal.add(ann(3))
+    journal.sync()
+    assert journal.syncs == 2
+    assert [a.id for a in Journal(tmp_path / "queue.jsonl").load().valid] == ["a1", "a2", "a3"]
+
+
+def test_queued_goes_out_only_after_the_journal_sync_that_covers_it(start_daemon, probe, fake_coze):
+    """Each message published alone (the next one after the last `queued`) needs a sync of its
+    own before its `queued` is published and it is acknowledged."""
+    r = start_daemon()
+    journal = r.daemon.worker.journal
+    slow_audio(fake_coze)
+    probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
+    probe.wait_event(EVENT, id="head", event="started")
+    for n in range(5):
+        probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
+        probe.wait_event(EVENT, id=f"q{n}", event="queued")
+        assert journal.syncs >= n + 2, (n, journal.syncs)  # the head's and each one's own

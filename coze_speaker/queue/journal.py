@@ -3,14 +3,16 @@ their TTL allows.
 
 `<state.dir>/queue-<device>.jsonl`, one JSON object a line, only ever appended to:
 
-    {"op": "add", "entry": {...}}   accepted: appended and fdatasynced before the announcement
-                                    is reported `queued` and its MQTT message acknowledged
-    {"op": "done", "id": "..."}     ended: appended, not synced (a done line lost in a power
-                                    cut replays that announcement within its TTL: at least once)
+    {"op": "add", "entry": {...}}   an accepted announcement
+    {"op": "done", "id": "..."}     it ended
 
-So intake costs one short append per message, whatever the queue's length. When done lines
-outnumber the live entries, the file is rewritten with only the live ones (temp file,
-fsync, rename: fsutil.atomic_write); the daemon does the same once at start.
+So intake costs one short append per message, whatever the queue's length. `sync()`
+fdatasyncs what was appended since the last call: the MQTT front end calls it before it
+publishes `queued` or acknowledges a message, once per batch (group commit), so what it
+reports queued survives a power cut. A done line lost in a power cut replays that
+announcement within its TTL (at least once). When done lines outnumber the live entries,
+the file is rewritten with only the live ones (temp file, fsync, rename:
+fsutil.atomic_write); the daemon does the same once at start.
 
 Reading back tolerates what a power cut, another version or an editor leaves: a torn last
 line is ignored, an unreadable line is skipped with a warning, and every entry passes the
@@ -65,14 +67,19 @@ class Journal:
         self._owned = False  # the whole file is known here (read or written): compaction may rewrite it
         self._dirty = False  # an append failed: the next change rewrites the whole file
         self._tail_checked = False
+        self._unsynced = False  # lines appended since the last sync
+        self._created = False  # the file was created since the last sync: its name needs a sync too
         self._warned = False
         #: bytes handed to the file system, appends and rewrites (the cost of intake)
         self.bytes_written = 0
+        #: fdatasync calls that had something to make durable
+        self.syncs = 0
 
     # -- writing --------------------------------------------------------------------------
 
     def add(self, ann: Announcement) -> None:
-        """Record an accepted announcement; returns once it is on disk (fdatasync)."""
+        """Record an accepted announcement (in the file at once: it survives a crash of the
+        process; a power cut once `sync()` has run)."""
         try:
             line = _line({"op": "add", "entry": self._entry(ann)})
         except (TypeError, ValueError) as exc:  # not JSON-able: our bug, not the announcement's
@@ -96,6 +103,28 @@ class Journal:
             else:
                 self._append(b"".join(_line({"op": "done", "id": i}) for i in ended), sync=False)
 
+    def sync(self) -> None:
+        """Make every line appended so far durable (one fdatasync for all of them); cheap
+        when there is nothing new. Not under the lock: appends go on meanwhile."""
+        with self._lock:
+            if not self._unsynced:
+                return
+            self._unsynced = False
+            created, self._created = self._created, False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self.syncs += 1
+            if created:
+                fsync_dir(self.path.parent)  # the file's name is durable too
+        except FileNotFoundError:
+            pass  # replaced by a rewrite meanwhile, which was durable
+        except OSError as exc:
+            self._warn(exc)
+
     def write(self, announcements: Iterable[Announcement]) -> None:
         """Replace the journal with these announcements (compaction; at start and on reload)."""
         live: Dict[str, bytes] = {}
@@ -109,24 +138,26 @@ class Journal:
             self._rewrite()
 
     def _append(self, data: bytes, *, sync: bool) -> None:
+        """Append whole lines; with sync, the next `sync()` makes them durable (a done line
+        waits for the next add's sync: losing it only replays, see the module's doc)."""
         if self._dirty and self._rewrite():
             return  # the rewrite wrote every live line, this one included
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o600)
+            except FileNotFoundError:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o600)
             try:
                 size = os.fstat(fd).st_size
-                created = size == 0
                 if not self._tail_checked and size and os.pread(fd, 1, size - 1) != b"\n":
                     data = b"\n" + data  # a torn line from a crash: end it, so this one reads whole
                 self._tail_checked = True
                 self._write_all(fd, data)
-                if sync:
-                    os.fdatasync(fd)
             finally:
                 os.close(fd)
-            if created and sync:
-                fsync_dir(self.path.parent)  # the file's name is durable too
+            self._unsynced = self._unsynced or sync
+            self._created = self._created or size == 0
             self._recovered()
         except OSError as exc:
             self._dirty = True
@@ -150,6 +181,7 @@ class Journal:
             self._warn(exc)
             return False
         self.bytes_written += len(body)
+        self._unsynced = self._created = False  # the rewrite was durable
         self._dead = 0
         self._owned = True
         self._tail_checked = True
