@@ -1,6 +1,6 @@
 """Intake of a burst: N QoS 1 say messages published while one announcement holds the queue.
 
-    python bench/intake.py [--quick] [--count N] [--before REV] [--keep]
+    python bench/intake.py [--quick] [--count N] [--before REV[=LABEL] ...] [--keep]
 
 Starts its own mosquitto (127.0.0.1, a free port, the tests' Broker: no inflight limit, room
 for 100 000 queued messages per client), the fake Coze in-process, and the daemon as
@@ -11,9 +11,9 @@ N-th `queued` event has reached the bench's subscriber. `queued` goes out after 
 announcement is in the journal, so it is also the time until the journal holds all N.
 
 Rows: the floor (`mosquitto_sub -q 1 -C N` receiving the same burst from the same broker:
-what the broker and one client can do at all), the daemon of an earlier commit
-(`--before REV`: its coze_speaker/ from `git archive`, run the same way), and the daemon of
-this tree. Also the cost of one fdatasync of an appended line in the state directory: what
+what the broker and one client can do at all), the daemon of earlier commits
+(`--before REV[=LABEL]`, repeatable: its coze_speaker/ from `git archive`, run the same way),
+and the daemon of this tree. Also the cost of one fdatasync of an appended line in the state directory: what
 each message would pay without group commit (the daemon syncs once per batch it sends). Prints a markdown section for
 docs/benchmarks.md. Everything stays on 127.0.0.1; every wait is bounded.
 """
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import statistics
@@ -295,7 +296,7 @@ def filesystem(path: Path) -> str:
         return "?"
 
 
-def markdown(bench: Bench, fsync: float, before: Optional[str], seconds: float) -> str:
+def markdown(bench: Bench, fsync: float, before: List[str], seconds: float) -> str:
     n = bench.count
     model = "?"
     try:
@@ -306,7 +307,7 @@ def markdown(bench: Bench, fsync: float, before: Optional[str], seconds: float) 
                           text=True).stdout.strip() or "?"
     out = [f"## Intake: {n:,} queued messages".replace(",", " "), "",
            f"`python bench/intake.py{' --quick' if bench.args.quick else ''}"
-           f"{f' --before {before}' if before else ''}` on {head} (+ working tree), {os.cpu_count()} × {model}, "
+           f"{''.join(f' --before {shlex.quote(b)}' for b in before)}` on {head} (+ working tree), {os.cpu_count()} × {model}, "
            f"Python {platform.python_version()}, state dir on {bench.fs}; {seconds:.0f} s in all. "
            f"One announcement streams in real time and holds the queue while {n} say messages (QoS 1) are "
            f"published back to back; the clock runs from the first publish to the {n}th `queued` event at a "
@@ -317,7 +318,7 @@ def markdown(bench: Bench, fsync: float, before: Optional[str], seconds: float) 
     for row in bench.rows:
         if "first" in row:
             out.append(f"| {row['label']} | {row['total']:.2f} s | {row['first']:.2f} s | {row['last']:.2f} s "
-                       f"| {row['acked']:.2f} s | {row['cpu_ms']:.2f} ms | {int(row['journal']) / 1e6:.2f} MB |")
+                       f"| {row['acked']:.2f} s | {row['cpu_ms']:.2f} ms | {float(str(row['journal'])) / 1e6:.2f} MB |")
         else:
             out.append(f"| {row['label']} | {row['total']:.2f} s | | | {row['acked']:.2f} s | | |")
     odd = [f"{r['label']}: {r['other']}" for r in bench.rows if r.get("other")]
@@ -328,7 +329,7 @@ def markdown(bench: Bench, fsync: float, before: Optional[str], seconds: float) 
     if odd:
         out.append("Other events during the burst (should be none): " + "; ".join(odd) + ".")
     if loose:
-        out.append("Warning: the holding announcement had ended before the burst was queued in: " + ", ".join(loose))
+        out.append("Warning: the holding announcement had ended before the burst was queued in: " + ", ".join(str(x) for x in loose))
     return "\n".join(out) + "\n"
 
 
@@ -336,16 +337,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 000 messages, short timeouts")
     parser.add_argument("--count", type=int, help="messages in the burst (default 6000, 1000 with --quick)")
-    parser.add_argument("--before", metavar="REV", help="also run coze_speaker/ as of this git revision")
+    parser.add_argument("--before", metavar="REV[=LABEL]", action="append", default=[],
+                        help="also run coze_speaker/ as of this git revision (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, daemon logs)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     bench = Bench(args)
     try:
         bench.floor()
-        if args.before:
-            code = checkout(args.before, bench.work / "before")
-            bench.daemon(f"before ({args.before}): the JSON list rewritten per message", code, "before")
+        for n, spec in enumerate(args.before):
+            rev, _, label = spec.partition("=")
+            code = checkout(rev, bench.work / f"before{n}")
+            bench.daemon(f"{rev}: {label or 'an earlier commit'}", code, f"before{n}")
         bench.daemon("now: append-only journal, one fdatasync per batch sent (group commit)", ROOT, "now")
         fsync = bench.fdatasync_cost()
     finally:
