@@ -197,8 +197,8 @@ def apply_patches(names, mark, classes) -> None:
                `started` event, the state and opening the speech
     msgspawn   start aplay as soon as a say message arrives while nothing plays or waits
                (Daemon._on_say), before parsing, the journal and the `queued` event
-    nojournal  skip the queue journal write (announcer.Announcer._persist → Journal.write),
-               to see what it costs on the hot path
+    nojournal  skip the queue journal's writes (Journal.add/done, the append and fdatasync
+               per message; Journal.write before), to see what it costs on the hot path
     asyncevents  encode and publish events and the state on one background thread, in order
                (today the announcer's threads do it, `queued` even under the queue lock)
     eagerrequests  import requests at start, as before coze.py imported it on the first request
@@ -282,7 +282,11 @@ def apply_patches(names, mark, classes) -> None:
         elif name == "eagerrequests":
             __import__("requests")  # what the daemon did before it imported requests lazily
         elif name == "nojournal":
-            classes["Journal"].write = lambda self, announcements: None
+            journal = classes["Journal"]
+            journal.write = lambda self, announcements: None
+            for method in ("add", "done"):  # the append-only journal's per-message writes
+                if hasattr(journal, method):
+                    setattr(journal, method, lambda self, *a: None)
         elif name == "lazyhit":
             work: queue.Queue = queue.Queue()
             orig_record = PhraseCache._record

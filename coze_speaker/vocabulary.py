@@ -16,6 +16,9 @@ DEFAULT_PLAY_RATE = 48000
 EMOTIONS = ("happy", "sad", "angry", "surprised", "fear", "hate", "excited", "coldness", "neutral")
 #: Announcement priorities, lowest first.
 PRIORITIES = ("low", "normal", "high", "critical")
+#: Where an announcement came from (an event's `source`): the speaker's say topic, the all or a
+#: group topic, Hermes.
+SOURCES = ("mqtt", "all", "group", "hermes")
 #: Priority rank: higher plays first.
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
 #: Coze accepts at most this many UTF-8 bytes of `input` per speech request.

@@ -476,7 +476,7 @@ def test_two_speakers_on_one_machine_keep_their_own_journal(tmp_path, fake_coze,
     finally:
         for proc in running.values():
             proc.stop()
-    assert sorted(p.name for p in (tmp_path / "state").glob("queue-*.json")) == sorted([f"queue-{D}.json", "queue-hall.json"])
+    assert sorted(p.name for p in (tmp_path / "state").glob("queue-*.jsonl")) == sorted([f"queue-{D}.jsonl", "queue-hall.jsonl"])
     fake_coze.chunk_delay = 0
     again = DaemonProcess(kitchen)
     try:

@@ -9,14 +9,14 @@ from coze_speaker.queue.journal import Journal
 
 
 def test_round_trip_keeps_fields_deadlines_and_correlation(tmp_path):
-    journal = Journal(tmp_path / "queue.json")
+    journal = Journal(tmp_path / "queue.jsonl")
     now = time.monotonic()
     live = Announcement(text="door open", id="a", priority="high", volume=40, deadline=now + 60,
                         response_topic="replies/a", correlation_data=b"\x00\x01corr", chime="ding")
     stale = Announcement(text="old news", id="b", deadline=now - 1)
     journal.write([live, stale])
-    valid, expired = Journal(tmp_path / "queue.json").load()
-    assert [a.id for a in valid] == ["a"] and [a.id for a in expired] == ["b"]
+    valid, expired, refused = Journal(tmp_path / "queue.jsonl").load()
+    assert [a.id for a in valid] == ["a"] and [a.id for a in expired] == ["b"] and refused == []
     got = valid[0]
     assert (got.text, got.priority, got.volume, got.response_topic, got.correlation_data, got.chime) == \
         ("door open", "high", 40, "replies/a", b"\x00\x01corr", "ding")
@@ -24,19 +24,22 @@ def test_round_trip_keeps_fields_deadlines_and_correlation(tmp_path):
 
 
 def test_a_broken_journal_is_ignored(tmp_path):
-    path = tmp_path / "queue.json"
+    path = tmp_path / "queue.jsonl"
     path.write_text("{not json")
-    assert Journal(path).load() == ([], [])
-    path.write_text('[{"text": "ok", "id": "x"}, {"bogus": 1}, 5]')
-    valid, expired = Journal(path).load()
+    assert Journal(path).load() == ([], [], [])
+    old = tmp_path / "queue.json"  # an earlier version's JSON list, with entries no version wrote
+    old.write_text('[{"text": "ok", "id": "x"}, {"bogus": 1, "id": "y"}, 5]')
+    valid, expired, refused = Journal(path, legacy=[old]).load()
     assert [a.id for a in valid] == ["x"] and expired == []
+    assert [(a.id, e.field) for a, e in refused][0] == ("y", "bogus") and refused[1][1].field == "entry"
 
 
 def test_unwritable_journal_warns_once(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    journal = Journal(blocker / "queue.json")  # a path under a regular file cannot be written
-    journal.write([Announcement(text="a", id="1")])
+    journal = Journal(blocker / "queue.jsonl")  # a path under a regular file cannot be written
+    journal.add(Announcement(text="a", id="1"))
+    journal.add(Announcement(text="b", id="2"))
     journal.write([Announcement(text="b", id="2")])
     assert sum("queue journal" in r.message for r in caplog.records) == 1
 

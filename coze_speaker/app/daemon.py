@@ -22,7 +22,7 @@ from ..mqtt.bridge import MqttBridge
 from ..mqtt.frontend import MqttFrontEnd
 from ..queue.announcement import Announcement
 from ..queue.events import AnnouncementEvent, QueueEvent
-from ..queue.journal import Journal
+from ..queue.journal import Journal, Restored
 from ..queue.policy import QueueSettings
 from ..queue.state import StateStore, device_file
 from ..queue.worker import Announcer
@@ -109,9 +109,10 @@ class Daemon:
                 if front is not None:
                     front.sink(event)
 
+            old_journal = device_file(config.state.dir, "queue", device)  # the JSON list of earlier versions
             worker = Announcer(voice.source, sound.speaker, sink, requests=voice.requests, chimes=sound.chimes,
                                settings=QueueSettings.from_config(config), volume=volume,
-                               journal=Journal(device_file(config.state.dir, "queue", device)),
+                               journal=Journal(old_journal.with_suffix(".jsonl"), legacy=[old_journal]),
                                volume_store=store)
             front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
         except BaseException:
@@ -119,19 +120,26 @@ class Daemon:
             raise
         return Parts(config, voice, sound, worker, front, store)
 
-    def _restore(self, parts: Parts) -> None:
-        """Announcements accepted by the last run but not spoken: queue them again, or report
-        them expired."""
+    def _load_journal(self, parts: Parts) -> Restored:
+        """What the last run left in the journal (read before the front end takes new messages,
+        so none of those is read back as a restored one)."""
         journal = parts.worker.journal
         assert journal is not None
-        valid, expired = journal.load()
-        for ann in expired:
+        return journal.load(max_text_bytes=parts.config.limits.max_text_bytes)
+
+    def _restore(self, parts: Parts, restored: Restored) -> None:
+        """Announcements accepted by the last run but not spoken: queue them again, or report
+        them expired, or `failed` naming the field when an entry does not pass the checks."""
+        for ann, error in restored.refused:
+            parts.front.sink(AnnouncementEvent.about(ann, "failed", error=error.event_fields()))
+        for ann in restored.expired:
             parts.front.sink(AnnouncementEvent.about(ann, "expired", reason="ttl"))
-        for ann in valid:
+        for ann in restored.valid:
             parts.worker.submit(ann, restored=True)
-        if valid or expired:
-            log.info("restored %d announcement(s) from the last run, %d had expired", len(valid), len(expired))
-        parts.worker.persist()
+        if any(restored):
+            log.info("restored %d announcement(s) from the last run, %d had expired, %d could not be read",
+                     len(restored.valid), len(restored.expired), len(restored.refused))
+        parts.worker.persist()  # compaction: only what is pending now
 
     # -- running --------------------------------------------------------------------------
 
@@ -140,8 +148,9 @@ class Daemon:
         self._install_signals()
         parts = self.parts
         parts.worker.start()
+        restored = self._load_journal(parts)
         parts.front.start()
-        self._restore(parts)
+        self._restore(parts, restored)
         log.info("coze-speaker %s: device %r, %s at %d Hz on %r, broker %s:%d", __version__,
                  self.config.mqtt.device_id, self.player.name, parts.voice.rate, self.config.audio.device,
                  self.config.mqtt.host, self.config.mqtt.port)

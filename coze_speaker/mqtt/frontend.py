@@ -2,10 +2,14 @@
 
 paho's network thread only hands each message to the intake thread (the rhasspy-hermes
 pattern), so a slow handler never stalls keep-alives. The intake thread parses a message
-into an Announcement (or a command), hands it to the queue (which journals it) and only
-then acknowledges it to the broker, so a crash in between means a redelivery, not a loss;
-handlers return what to publish. Events come back from the queue through `sink`, and are
-turned into MQTT here.
+into an Announcement (or a command) and hands it to the queue (which appends it to the
+journal); handlers return what to publish. Events come back from the queue through `sink`.
+
+One send thread publishes everything the intake and the queue hand it, in order, and
+acknowledges each message once handled: before each batch it makes the journal durable
+(one fdatasync for every line appended since the last: group commit), so `queued` and the
+MQTT ack never go out before the announcement would survive a power cut, and a burst pays
+one fdatasync per batch, not per message. A crash before the ack means a redelivery, not a loss.
 """
 
 from __future__ import annotations
@@ -37,7 +41,17 @@ STATE_INTERVAL = 0.2
 #: it is kept in the state dir under this name, so a restart or reload does not blank it.
 LAST_CHARS = 250
 LAST_FILE = "last"
+#: The send thread publishes at most this many items per journal sync.
+SEND_BATCH = 1000
 _STOP_INTAKE = object()
+_STOP_SENDING = object()
+
+
+@dataclass(frozen=True)
+class _Ack:
+    """Acknowledge this message to the broker (sent in order with the events)."""
+
+    message: Incoming
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,8 @@ class MqttFrontEnd:
         self._on_connected_cb = on_connected
         self._inbox: "queue.Queue[Any]" = queue.Queue()
         self._intake: Optional[threading.Thread] = None
+        self._outbox: "queue.Queue[Any]" = queue.Queue()  # events, Publish and _Ack, in order
+        self._sender: Optional[threading.Thread] = None
         self._last_state: Optional[bytes] = None
         self._state_lock = threading.Lock()
         self._state_dirty = threading.Event()
@@ -99,6 +115,8 @@ class MqttFrontEnd:
         self._load_last()  # here, not at build: on a reload the old front end has saved it by now
         self._intake = threading.Thread(target=self._take_in, name="coze-speaker-intake", daemon=True)
         self._intake.start()
+        self._sender = threading.Thread(target=self._send, name="coze-speaker-send", daemon=True)
+        self._sender.start()
         self._state_thread = threading.Thread(target=self._publish_states, name="coze-speaker-state", daemon=True)
         self._state_thread.start()
         self.bridge.start()
@@ -109,6 +127,9 @@ class MqttFrontEnd:
         self._inbox.put(_STOP_INTAKE)
         if self._intake is not None:
             self._intake.join(timeout)
+        self._outbox.put(_STOP_SENDING)  # what was handed over before is still sent
+        if self._sender is not None:
+            self._sender.join(timeout)
         with self._state_lock:
             self._closed = True
         self._state_dirty.set()
@@ -128,11 +149,38 @@ class MqttFrontEnd:
                 return
             try:
                 for out in self.handle(msg):
-                    self.publish(out)
+                    self._outbox.put(out)
             except Exception:  # a handler bug must not stop the intake
                 log.exception("handling a message on %s failed", getattr(msg, "topic", "?"))
             finally:
-                self.bridge.ack(msg)  # handled (and journaled when accepted): the broker may forget it
+                self._outbox.put(_Ack(msg))  # handled (and journaled when accepted): the broker may forget it
+
+    def _send(self) -> None:
+        """Publish and acknowledge what was handed over, in order; the journal is synced
+        before each batch, so nothing goes out before what it reports is durable."""
+        journal = self.worker.journal
+        while True:
+            batch = [self._outbox.get()]
+            while len(batch) < SEND_BATCH:
+                try:
+                    batch.append(self._outbox.get_nowait())
+                except queue.Empty:
+                    break
+            if journal is not None:
+                journal.sync()
+            for item in batch:
+                if item is _STOP_SENDING:
+                    return
+                try:
+                    if isinstance(item, _Ack):
+                        self.bridge.ack(item.message)
+                    elif isinstance(item, Publish):
+                        self.publish(item)
+                    else:
+                        for out in self.event_messages(item):
+                            self.publish(out)
+                except Exception:  # one bad item must not stop the events
+                    log.exception("could not send %r", item)
 
     def publish(self, out: Publish) -> None:
         self.bridge.publish(out.topic, out.payload, retain=out.retain, qos=out.qos,
@@ -231,7 +279,8 @@ class MqttFrontEnd:
     # -- MQTT out -------------------------------------------------------------------------
 
     def sink(self, event: QueueEvent) -> None:
-        """Where the queue hands its events (any thread)."""
+        """Where the queue hands its events (any thread, returns at once): the send thread
+        publishes them in the order they came, after the journal sync that covers them."""
         if isinstance(event, StateChanged):
             self.publish_state()
             return
@@ -239,8 +288,7 @@ class MqttFrontEnd:
             with self._state_lock:
                 self._last = event.text[:LAST_CHARS]
                 self._last_unsaved = {"text": self._last, "id": event.id, "ts": round(event.ts, 3)}
-        for out in self.event_messages(event):
-            self.publish(out)
+        self._outbox.put(event)
 
     def event_messages(self, event: AnnouncementEvent) -> List[Publish]:
         """An event on B/D/event; a final one also on its response topic and to Hermes."""

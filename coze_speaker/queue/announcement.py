@@ -1,7 +1,9 @@
 """An announcement: one validated request to say something, parsed from a say payload.
 
 Invalid input stops here with a PayloadError naming the field: nothing bad reaches the
-queue, the speaker or Coze.
+queue, the speaker or Coze. The same checks apply to an announcement read back from the
+queue journal (`from_record`), so a journal from another version, a damaged one or one
+edited by hand cannot bring in what a payload could not.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from ..errors import SpeakerError
-from ..vocabulary import (EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, PRIORITY_RANK, REPEAT, SPEED, VOLUME,
-                          Range)
+from ..vocabulary import (EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, PRIORITY_RANK, REPEAT, SOURCES, SPEED,
+                          VOLUME, Range)
 
 MAX_ID_LENGTH = 128
 MAX_TTL = 7 * 24 * 3600
 MAX_JSON_DEPTH = 4
+#: An MQTT topic is at most 65 535 bytes (the response topic a reply goes to).
+MAX_TOPIC_BYTES = 65535
 
 
 class PayloadError(SpeakerError, ValueError):
@@ -182,6 +186,66 @@ FIELDS: dict = {
 }
 
 
+def _plain_str(name: str, max_len: int) -> Callable[[Any], Any]:
+    """A string kept as it is (echoed back to its sender: a Hermes site or session id)."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, str):
+            raise PayloadError(name, f"expected a string, got {_kind(value)}")
+        if len(value) > max_len:
+            raise PayloadError(name, f"is longer than {max_len} characters")
+        _valid_unicode(name, value)
+        return value
+    return check
+
+
+def _topic(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise PayloadError("response_topic", f"expected a non-empty string, got {_kind(value)}")
+    _valid_unicode("response_topic", value)
+    if len(value.encode("utf-8")) > MAX_TOPIC_BYTES or "\0" in value:
+        raise PayloadError("response_topic", "is not a valid MQTT topic")
+    return value
+
+
+#: Attributes that do not come from the say payload's JSON but travel with an announcement
+#: (where it came from, where to reply): checked when the journal is read back.
+ORIGIN_FIELDS: dict = {
+    "source": _choice("source", SOURCES),
+    "response_topic": _topic,
+    "site_id": _plain_str("site_id", 1024),
+    "session_id": _plain_str("session_id", 1024),
+}
+
+
+def from_record(data: Any, *, max_text_bytes: int = 8192, received: float = 0.0, **extra: Any) -> Announcement:
+    """An announcement read back from the journal: the say payload's fields and the origin
+    fields, each through the same check as on the way in. Raises PayloadError naming the field."""
+    if not isinstance(data, dict):
+        raise PayloadError("entry", f"expected a JSON object, got {_kind(data)}")
+    if "id" not in data:
+        raise PayloadError("id", "is required")
+    values = _checked(data, {**{k: c for k, (_, c) in FIELDS.items()}, **ORIGIN_FIELDS}, max_text_bytes)
+    values.update(extra)
+    return Announcement(received=received, **values)
+
+
+def stand_in(data: Any) -> Announcement:
+    """An announcement to report a journal entry that failed its checks: its id, text and
+    origin where those are valid (so the `failed` event reaches its response topic)."""
+    values: dict = {}
+    if isinstance(data, dict):
+        for key, check in (("id", _id), *ORIGIN_FIELDS.items()):
+            try:
+                values[key] = check(data[key])
+            except (KeyError, PayloadError):
+                pass
+        text = data.get("text")
+        if isinstance(text, str) and text.strip():
+            preview = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in text[:80])
+            values["text"] = preview + ("…" if len(text) > 80 else "")
+    return Announcement(**{"text": "(an unreadable queue journal entry)", **values})
+
+
 def parse_say(payload: bytes, *, max_text_bytes: int = 8192, received: float = 0.0,
               **extra: Any) -> Announcement:
     """A say payload: plain UTF-8 text, or a JSON object (a payload starting with `{` or `[`).
@@ -216,12 +280,20 @@ def parse_say_json(body: str, *, max_text_bytes: int, received: float = 0.0, **e
         raise PayloadError("payload", f"is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise PayloadError("payload", f"must be a JSON object, got {_kind(data)}")
+    values = _checked(data, {k: c for k, (_, c) in FIELDS.items()}, max_text_bytes)
+    values.update(extra)
+    return Announcement(received=received, **values)
+
+
+def _checked(data: dict, checks: dict, max_text_bytes: int) -> dict:
+    """The Announcement attributes of a JSON object, each through its check (None: the
+    default); the PayloadError carries the id when the id itself is valid."""
     ann_id = None
     if "id" in data:
         ann_id = _id(data["id"])
-    unknown = sorted(set(data) - set(FIELDS) - {"text"})
+    unknown = sorted(set(data) - set(checks) - {"text"})
     if unknown:
-        raise PayloadError(unknown[0], f"unknown field (known: text, {', '.join(FIELDS)})",
+        raise PayloadError(unknown[0], f"unknown field (known: text, {', '.join(checks)})",
                            announcement_id=ann_id)
     if "text" not in data:
         raise PayloadError("text", "is required", announcement_id=ann_id)
@@ -231,13 +303,11 @@ def parse_say_json(body: str, *, max_text_bytes: int, received: float = 0.0, **e
         for key, value in data.items():
             if key == "text" or value is None:
                 continue
-            attr, check = FIELDS[key]
-            values[attr] = check(value)
+            values[key] = checks[key](value)
     except PayloadError as exc:
         exc.announcement_id = ann_id
         raise
-    values.update(extra)
-    return Announcement(received=received, **values)
+    return values
 
 
 def _nesting(body: str) -> int:
@@ -263,5 +333,10 @@ def _nesting(body: str) -> int:
 
 
 def make_announcement(text: Any, *, max_text_bytes: int = 8192, **fields: Any) -> Announcement:
-    """An announcement from another protocol (Hermes): the text checked like a say payload's."""
+    """An announcement from another protocol (Hermes): the text checked like a say payload's,
+    the id and origin like a journal entry's (what is accepted here is restored after a restart)."""
+    checks = {"id": _id, **ORIGIN_FIELDS}
+    for key in checks.keys() & fields.keys():
+        if fields[key] is not None:
+            fields[key] = checks[key](fields[key])
     return Announcement(text=_text(text, "text", max_text_bytes), **fields)

@@ -2,11 +2,18 @@
 
 No threads, no I/O, an injected clock: the worker holds the lock and asks the policy what
 to do, and the rules are unit-tested in milliseconds (tests/test_queue_policy.py).
+
+Every step of intake costs O(log n) in the queue's length, so a burst of thousands stays
+linear: the waiting list is kept sorted by binary insertion (no sort per message), ids are
+in a dict (no set built per message), and deadlines are in a heap (the sweeper does not
+scan the queue each time it wakes).
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import heapq
 import itertools
 import time
 from collections import OrderedDict
@@ -70,6 +77,8 @@ class _Entry:
     seq: int
     #: cut off by an urgent one: it had the floor, so it goes on before the others wait
     resumed: bool = False
+    #: still waiting (False once played, expired, evicted or cleared: its heap slot is stale)
+    waiting: bool = True
 
     def sort_key(self) -> Tuple[bool, bool, int, int]:
         """Urgent first (critical before interrupt), then a resumed one, then priority, then arrival."""
@@ -85,7 +94,10 @@ class QueuePolicy:
     wall_clock: Callable[[], _dt.datetime] = _dt.datetime.now
 
     def __post_init__(self) -> None:
-        self._waiting: List[_Entry] = []
+        self._waiting: List[_Entry] = []  # in play order
+        self._keys: List[Tuple[bool, bool, int, int]] = []  # their sort keys, for binary insertion
+        self._ids: Dict[str, _Entry] = {}  # the waiting ones by id
+        self._deadlines: List[Tuple[float, int, _Entry]] = []  # a heap; entries no longer waiting are skipped
         self._seq = itertools.count()
         #: pending (waiting or playing) ids -> (dedup key, when accepted)
         self._pending: Dict[str, Tuple[tuple, float]] = {}
@@ -124,12 +136,10 @@ class QueuePolicy:
         window = self.settings.dedup_seconds
         if coalesce and window > 0 and any(now - t < window for t in self._copies.get(key, {}).values()):
             return Admission(False, "dedup")
-        entry = _Entry(ann, next(self._seq))
-        self._waiting.append(entry)
-        self._waiting.sort(key=_Entry.sort_key)
+        self._insert(ann)
         evicted = None
         if len(self._waiting) > self.settings.max_length:
-            evicted = self._waiting.pop().announcement  # lowest priority, latest arrival
+            evicted = self._remove(len(self._waiting) - 1).announcement  # lowest priority, latest arrival
             if evicted is ann:
                 return Admission(False, "queue_full")
             self._end(evicted)
@@ -163,27 +173,68 @@ class QueuePolicy:
         ended = self._ended.get(ann_id)
         return ended is not None and now - ended <= self.settings.ttl
 
+    def _insert(self, ann: Announcement, *, resumed: bool = False) -> _Entry:
+        """Put an announcement in its place in the waiting list (binary search, no sort)."""
+        entry = _Entry(ann, next(self._seq), resumed=resumed)
+        key = entry.sort_key()
+        at = bisect.bisect_right(self._keys, key)
+        self._keys.insert(at, key)
+        self._waiting.insert(at, entry)
+        self._ids[ann.id] = entry
+        if ann.deadline is not None:
+            heapq.heappush(self._deadlines, (ann.deadline, entry.seq, entry))
+            self._tidy_deadlines()
+        return entry
+
+    def _remove(self, index: int) -> _Entry:
+        """Take the entry at index out of the waiting list (its heap slot goes stale)."""
+        entry = self._waiting.pop(index)
+        del self._keys[index]
+        entry.waiting = False
+        if self._ids.get(entry.announcement.id) is entry:
+            del self._ids[entry.announcement.id]
+        return entry
+
+    def _tidy_deadlines(self) -> None:
+        """Rebuild the deadline heap when stale slots outnumber the waiting ones (amortized O(1))."""
+        if len(self._deadlines) > 2 * len(self._waiting) + 64:
+            self._deadlines = [(e.announcement.deadline, e.seq, e) for e in self._waiting
+                               if e.announcement.deadline is not None]
+            heapq.heapify(self._deadlines)
+
     # -- output ---------------------------------------------------------------------------
 
     def take_expired(self) -> List[Announcement]:
         """Remove and return the waiting announcements whose deadline has passed."""
         now = self.clock()
-        expired = [e for e in self._waiting if e.announcement.expired(now)]
+        expired: List[_Entry] = []
+        heap = self._deadlines
+        while heap and (not heap[0][2].waiting or heap[0][2].announcement.expired(now)):
+            entry = heapq.heappop(heap)[2]
+            if entry.waiting:
+                expired.append(entry)
         if expired:
-            self._waiting = [e for e in self._waiting if not e.announcement.expired(now)]
-            for e in expired:
-                self._end(e.announcement)
-        return [e.announcement for e in expired]
+            gone = {id(e) for e in expired}
+            for entry in expired:
+                entry.waiting = False
+                if self._ids.get(entry.announcement.id) is entry:
+                    del self._ids[entry.announcement.id]
+            kept = [(k, e) for k, e in zip(self._keys, self._waiting) if id(e) not in gone]
+            self._keys = [k for k, _ in kept]
+            self._waiting = [e for _, e in kept]
+            for entry in expired:
+                self._end(entry.announcement)
+        return [e.announcement for e in sorted(expired, key=_Entry.sort_key)]
 
     def next_to_play(self) -> Optional[Announcement]:
         """The first waiting announcement not held by quiet hours; it becomes `playing`."""
         if self.playing is not None:
             return None
         quiet = self.quiet()
-        for entry in self._waiting:
+        for index, entry in enumerate(self._waiting):
             if quiet and entry.announcement.rank < PRIORITY_RANK[self.settings.quiet_min_priority]:
                 continue  # held until quiet hours end (or its TTL runs out)
-            self._waiting.remove(entry)
+            self._remove(index)
             self.playing = entry.announcement
             return entry.announcement
         return None
@@ -204,13 +255,15 @@ class QueuePolicy:
         one an urgent announcement cut off, right after the urgent ones."""
         if self.playing is not None and self.playing.id == ann.id:
             self.playing = None
-        self._waiting.append(_Entry(ann, next(self._seq), resumed=resume))
-        self._waiting.sort(key=_Entry.sort_key)
+        self._insert(ann, resumed=resume)
         self._track(ann, self.clock())
 
     def clear(self) -> List[Announcement]:
         """Remove every waiting announcement."""
-        cleared, self._waiting = [e.announcement for e in self._waiting], []
+        cleared = [e.announcement for e in self._waiting]
+        for entry in self._waiting:
+            entry.waiting = False
+        self._waiting, self._keys, self._ids, self._deadlines = [], [], {}, []
         for ann in cleared:
             self._end(ann)
         return cleared
@@ -228,9 +281,12 @@ class QueuePolicy:
 
     def next_deadline_in(self, cap: float = 30.0) -> float:
         """Seconds until the next waiting deadline (at least 10 ms, at most cap)."""
-        now = self.clock()
-        deadlines = [e.announcement.deadline - now for e in self._waiting if e.announcement.deadline is not None]
-        return max(0.01, min([cap, *deadlines]))
+        heap = self._deadlines
+        while heap and not heap[0][2].waiting:
+            heapq.heappop(heap)
+        if not heap:
+            return cap
+        return max(0.01, min(cap, heap[0][0] - self.clock()))
 
     # -- quiet hours ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..cancel import CancelToken
 from ..errors import SpeakerError, error_fields
@@ -118,7 +118,7 @@ class Announcer:
                 self._items[ann.id] = item
                 if admission.evicted is not None:
                     evicted_item = self._items.pop(admission.evicted.id, None)
-                self.persist()
+                self._journal(added=ann, ended=[admission.evicted] if admission.evicted is not None else [])
                 self._event(ann, "queued")
                 playing = self.policy.playing
                 if admission.interrupt and playing is not None:
@@ -151,7 +151,7 @@ class Announcer:
             if current is not None:
                 current.resume = False  # an explicit stop: never played again
             if cleared:
-                self.persist()
+                self._journal(ended=cleared)
         for ann in cleared:
             self._event(ann, "dropped", reason="stopped")
         for item in items:
@@ -263,6 +263,7 @@ class Announcer:
                     if self.policy.playing is not None and self.policy.playing.id == ann.id:
                         self.policy.done()
                     self._items.pop(ann.id, None)
+                    self._journal(ended=[ann])
             finally:
                 self._stuck_after = None
 
@@ -284,7 +285,7 @@ class Announcer:
             else:
                 self.policy.done()
                 self._items.pop(ann.id, None)
-            self.persist()  # it leaves the journal before its final event goes out
+                self._journal(ended=[ann])  # it leaves the journal before its final event goes out
             self._lock.notify_all()
         self._close(item)
         if resume:
@@ -316,7 +317,7 @@ class Announcer:
                 expired = self.policy.take_expired()
                 items = [self._items.pop(a.id) for a in expired if a.id in self._items]
                 if expired:
-                    self.persist()
+                    self._journal(ended=expired)
                 if self._prefetch_wanted:
                     self._prefetch_wanted = False
                     upcoming = self.policy.peek()
@@ -482,12 +483,22 @@ class Announcer:
             log.exception("could not report the %s event of %s", kind, ann.id)
 
     def persist(self) -> None:
-        """Write what is pending (playing and queued) to the journal, if there is one."""
+        """Rewrite the journal with what is pending (playing and queued), if there is one:
+        once at start and after a reload (each change in between is appended by `_journal`)."""
         if self.journal is None:
             return
         with self._lock:
             snapshot = self.policy.pending()
         self.journal.write(snapshot)
+
+    def _journal(self, added: Optional[Announcement] = None, ended: Sequence[Announcement] = ()) -> None:
+        """Append what changed to the journal (O(1) per announcement, whatever the queue's length)."""
+        if self.journal is None:
+            return
+        if added is not None:
+            self.journal.add(added)
+        if ended:
+            self.journal.done([a.id for a in ended])
 
     def _changed(self) -> None:
         try:
