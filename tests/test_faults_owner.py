@@ -69,6 +69,29 @@ def test_an_announcement_that_started_in_time_plays_to_its_end(start_daemon, pro
     assert alsa_sink.wait_for(len(audio)).startswith(audio)
 
 
+# -- item 11: a cached phrase never waits behind a hung miss -------------------------------
+
+def test_a_cached_phrase_does_not_wait_behind_a_hung_miss(start_daemon, probe, fake_coze, alsa_sink):
+    """Coze takes 6 s to answer a miss (no timeout trips): a cached phrase published behind it
+    is spoken while the miss is still being synthesized, then the miss plays."""
+    start_daemon(coze={"timeout": 30, "first_audio_timeout": 30})
+    probe.publish(SAY, {"text": "The front door is open", "id": "warm"})
+    assert final(probe, "warm")["event"] == "finished"  # now in the cache
+    fake_coze.add_fault(SPEECH, Fault.hanging(6))
+    probe.publish(SAY, {"text": "A phrase Coze is slow to say", "id": "miss"})
+    probe.wait_event(EVENT, id="miss", event="started")
+    probe.publish(SAY, {"text": "The front door is open", "id": "door"})
+    door = final(probe, "door")
+    assert door["event"] == "finished" and door["cached"] is True, door
+    miss = final(probe, "miss")
+    assert miss["event"] == "finished", miss
+    finals = [e["id"] for e in probe.events(EVENT) if e["event"] == "finished"]
+    assert finals == ["warm", "door", "miss"], "the cached phrase went first"
+    requeued = probe.events(EVENT, id="miss", event="requeued")
+    assert requeued and requeued[0]["reason"] == "overtaken by door"
+    assert len(fake_coze.requests_to(SPEECH)) == 2  # the miss was synthesized once, not again
+
+
 # -- item 21: an interrupted announcement is resumed --------------------------------------
 
 def test_an_interrupted_announcement_plays_again_after_the_urgent_one(start_daemon, probe, fake_coze, alsa_sink):

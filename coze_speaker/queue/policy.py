@@ -226,11 +226,18 @@ class QueuePolicy:
                 self._end(entry.announcement)
         return [e.announcement for e in sorted(expired, key=_Entry.sort_key)]
 
-    def next_to_play(self) -> Optional[Announcement]:
-        """The first waiting announcement not held by quiet hours; it becomes `playing`."""
+    def next_to_play(self, prefer: Optional[str] = None) -> Optional[Announcement]:
+        """The first waiting announcement not held by quiet hours (or the one `prefer` names,
+        if it is waiting: ready audio going ahead of a slow miss); it becomes `playing`."""
         if self.playing is not None:
             return None
         quiet = self.quiet()
+        preferred = self._ids.get(prefer) if prefer is not None else None
+        if preferred is not None and not (quiet and preferred.announcement.rank
+                                          < PRIORITY_RANK[self.settings.quiet_min_priority]):
+            self._remove(self._waiting.index(preferred))
+            self.playing = preferred.announcement
+            return preferred.announcement
         for index, entry in enumerate(self._waiting):
             if quiet and entry.announcement.rank < PRIORITY_RANK[self.settings.quiet_min_priority]:
                 continue  # held until quiet hours end (or its TTL runs out)
@@ -268,9 +275,9 @@ class QueuePolicy:
             self._end(ann)
         return cleared
 
-    def waiting(self) -> List[Announcement]:
-        """The waiting announcements in play order."""
-        return [e.announcement for e in self._waiting]
+    def waiting(self, limit: Optional[int] = None) -> List[Announcement]:
+        """The waiting announcements in play order (the first `limit` of them)."""
+        return [e.announcement for e in self._waiting[:limit]]
 
     def pending(self) -> List[Announcement]:
         """What the journal must keep: the playing one first, then the waiting ones."""

@@ -43,6 +43,11 @@ INTERRUPTED_BY = "interrupted by "
 #: announcement and nothing moved for this long: no audio chunk, no retry, and (before the
 #: first sound) this long past the announcement's deadline, which should have ended it.
 STALL_SECONDS = 60.0
+#: A miss with no audio after this long lets announcements behind it whose audio is ready (in
+#: the cache; not of lower priority) go first, so a hung Coze never holds up a cached phrase.
+OVERTAKE_AFTER = 2.0
+#: How many waiting announcements are looked at for ready audio.
+OVERTAKE_LOOKAHEAD = 8
 
 
 @dataclass
@@ -55,6 +60,8 @@ class _Item:
     speech: Optional[OpenSpeech] = field(default=None, repr=False)
     #: False once a `stop` reached it: an interrupted announcement is then not played again
     resume: bool = True
+    #: seconds it already waited for its first audio (a slow miss that let others go first)
+    waited: float = 0.0
 
 
 class Announcer:
@@ -81,6 +88,8 @@ class Announcer:
         self._running = False
         self._prefetch_wanted = False
         self._draining = False
+        #: ids of ready announcements to play before a slow miss, in order
+        self._overtakers: List[str] = []
         #: monotonic time after which the worker counts as stuck; None while idle
         self._stuck_after: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
@@ -279,7 +288,11 @@ class Announcer:
             return False  # it stays in the journal and plays again after the restart
         with self._lock:
             resume = kind == "interrupted" and self._resumable(item)
-            if resume:  # from its start, right after the one that cut it off; same deadline
+            deferred = kind == "deferred"
+            if deferred:  # ready audio goes first; its synthesis goes on meanwhile
+                self.policy.requeue(ann, resume=True)
+                self._overtakers = list(fields["ahead"][:1])  # then it looks again
+            elif resume:  # from its start, right after the one that cut it off; same deadline
                 self.policy.requeue(ann, resume=True)
                 self._items[ann.id] = _Item(item.request, item.chime, CancelToken(ann.deadline, clock=self._clock))
             else:
@@ -287,6 +300,10 @@ class Announcer:
                 self._items.pop(ann.id, None)
                 self._journal(ended=[ann])  # it leaves the journal before its final event goes out
             self._lock.notify_all()
+        if deferred:
+            self._event(ann, "requeued", reason="overtaken by " + ", ".join(fields["ahead"]))
+            self._changed()
+            return True
         self._close(item)
         if resume:
             self._event(ann, "requeued", reason=item.token.reason)
@@ -303,7 +320,8 @@ class Announcer:
     def _next(self) -> Optional[Announcement]:
         with self._lock:
             while self._running:
-                ann = None if self._draining else self.policy.next_to_play()
+                prefer = self._overtakers.pop(0) if self._overtakers else None
+                ann = None if self._draining else self.policy.next_to_play(prefer)
                 if ann is not None:
                     return ann
                 self._lock.wait(timeout=self.policy.next_deadline_in(cap=5.0))
@@ -380,6 +398,11 @@ class Announcer:
                 return "expired", {"reason": "ttl", "api_calls": calls}
             speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
             item.speech = None
+            if attempt == 0:
+                ahead = self._ready_ahead_of(ann, item, speech)
+                if ahead:
+                    item.speech = speech  # it goes on synthesizing while the ready ones play
+                    return "deferred", {"ahead": ahead}
             try:
                 result, cached = self._rounds(ann, item, speech, volume, audible)
                 calls += speech.api_calls
@@ -416,6 +439,24 @@ class Announcer:
             fields.update(fallback=True, reason=str(speech.fallback_reason),
                           error=error_fields(speech.fallback_reason))
         return "finished", fields
+
+    def _ready_ahead_of(self, ann: Announcement, item: _Item, speech: OpenSpeech) -> List[str]:
+        """Wait for the first audio; once OVERTAKE_AFTER has passed without it, the ids of
+        waiting announcements whose audio is in the cache (not of lower priority, first few)
+        that should play first. Empty as soon as audio (or the end, or a cancel) arrives."""
+        if ann.urgent:
+            return []  # nothing goes ahead of an urgent one
+        while True:
+            step = max(0.25, OVERTAKE_AFTER - item.waited)
+            if speech.wait_audio(step):
+                return []
+            item.waited += step
+            with self._lock:
+                behind = [(a, self._items.get(a.id)) for a in self.policy.waiting(OVERTAKE_LOOKAHEAD)
+                          if a.rank >= ann.rank and a.cache]
+            ready = [a.id for a, it in behind if it is not None and self.source.is_cached(it.request)]
+            if ready:
+                return ready
 
     def _rounds(self, ann: Announcement, item: _Item, speech: OpenSpeech, volume: int,
                 audible: Callable[[], None]) -> Tuple[PlayResult, bool]:

@@ -86,6 +86,7 @@ class OpenSpeech:
         self.fallback_reason: Optional[CozeError] = None
         self.token = token or CancelToken()
         self._closed = threading.Event()
+        self._output = threading.Event()  # a chunk is waiting, or the production ended
         self._chunks: "queue.Queue[Union[bytes, BaseException, object]]" = queue.Queue()
         self._ahead_bytes = 0
         self._produced = False
@@ -129,7 +130,14 @@ class OpenSpeech:
         with self._space:
             self._space.notify_all()
         self._chunks.put(_END)
+        self._output.set()
         self._unregister()
+
+    def wait_audio(self, timeout: float) -> bool:
+        """Start producing and wait up to `timeout` s for the first chunk (or the end, or an
+        error): False while Coze is still thinking, so the queue can let ready audio go first."""
+        self.start()
+        return self._output.wait(timeout)
 
     def join(self, timeout: Optional[float] = None) -> None:
         if self._thread.is_alive():
@@ -144,6 +152,7 @@ class OpenSpeech:
                 return
             self._ahead_bytes += len(chunk)
         self._chunks.put(chunk)
+        self._output.set()
         self._produced = True
 
     def _time_left(self) -> Optional[float]:
@@ -173,6 +182,7 @@ class OpenSpeech:
             self._chunks.put(exc)
         finally:
             self._chunks.put(_END)
+            self._output.set()
 
     def _produce_fallback(self, piece: str) -> None:
         """The offline voice for one piece: never cached, so Coze's voice returns when it can."""
