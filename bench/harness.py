@@ -83,6 +83,21 @@ def which(name: str) -> Optional[str]:
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
+def wait_subscribed(proc: "subprocess.Popen[bytes]", timeout: float = 10.0) -> None:
+    """Read `mosquitto_sub -d` output until the broker acknowledged the subscription."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit("bench: mosquitto_sub exited before subscribing")
+        if b"SUBACK" in line:
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("bench: mosquitto_sub did not subscribe")
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.005, what: str = "condition"):
     """Poll (bounded) until predicate() is truthy; return its value or raise TimeoutError."""
     deadline = time.monotonic() + timeout

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (BASE, ROOT, TOKEN, BenchFake, cpu_seconds, daemon_config, rss_kib,  # noqa: E402
-                     start_broker, which)
+                     start_broker, wait_subscribed, which)
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
@@ -184,17 +184,7 @@ class Bench:
         cmd = [stdbuf, "-oL", sub, "-h", "127.0.0.1", "-p", str(self.broker.port), "-q", "1", "-C", str(self.count),
                "-t", topic, "-d"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 10
-        while True:  # -d says when the subscription is acknowledged
-            line = proc.stdout.readline()
-            if not line:
-                raise SystemExit("bench: mosquitto_sub exited before subscribing")
-            if b"SUBACK" in line:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("bench: mosquitto_sub did not subscribe")
+        wait_subscribed(proc)
         done = threading.Event()
         ended: List[float] = []
 

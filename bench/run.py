@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (BASE, DAEMON_MODULES, RATE, ROOT, TOKEN, VOICE, BenchFake, Client,  # noqa: E402
                      DaemonProcess, StampSink, cpu_seconds, daemon_config, daemon_module, import_first, pcm_for,
-                     reset_peak_rss, rss_kib, thread_count, wait_until, start_broker, which)
+                     reset_peak_rss, rss_kib, thread_count, wait_subscribed, wait_until, start_broker, which)
 import household  # noqa: E402
 
 # Short phrases that are pre-warmed into the cache and replayed for the hit figures.
@@ -199,16 +199,7 @@ class Bench:
         off = self.sink.offset()
         proc = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env)
         try:
-            deadline = time.monotonic() + 10
-            assert proc.stdout is not None
-            while True:  # mosquitto_sub -d says when the subscription is acknowledged
-                line = proc.stdout.readline()
-                if not line:
-                    raise SystemExit("bench: mosquitto_sub exited before subscribing")
-                if b"SUBACK" in line:
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit("bench: mosquitto_sub did not subscribe")
+            wait_subscribed(proc)
             time.sleep(GAP)
             t0 = self.pub.publish(topic, b"go")
             proc.wait(timeout)  # what is left on stdout is a few hundred bytes: it never blocks the child

@@ -11,13 +11,10 @@ import json
 import logging
 import os
 import select
-import shutil
 import socket
-import struct
-import tempfile
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
 
@@ -27,6 +24,7 @@ from mqtt_helpers import Probe, broker, free_port, probe  # noqa: F401  (fixture
 from test_daemon import (AVAIL, EVENT, SAY, SPEECH, B, D, Running, pcm, slow_audio,  # noqa: F401
                          start_daemon, write_config)
 from test_faults import online
+from test_systemd import NotifySocket
 
 STATE = f"{B}/{D}/state"
 HERMES_SAY, SAY_FINISHED, HERMES_ERROR = "hermes/tts/say", "hermes/tts/sayFinished", "hermes/error/tts"
@@ -315,57 +313,6 @@ def test_a_broker_outage_is_one_warning_and_a_stop_is_silent(tmp_path, fake_coze
 
 # -- item 22: systemd READY=1 as soon as the broker is connected, and after a reload -------------
 
-class MainPidNotifySocket:
-    """$NOTIFY_SOCKET as systemd with NotifyAccess=main has it: only datagrams from our own
-    process count (the sender's pid comes with each one, SO_PASSCRED). The daemon runs in
-    this process; mosquitto, started by the test, inherits NOTIFY_SOCKET and sends its own
-    READY=1, which must not be taken for ours."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="cs-notify-")  # sun_path is at most 108 bytes
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.path)
-        self.messages: List[List[str]] = []  # ours, each datagram as its lines
-
-    def _receive(self, timeout: Optional[float]) -> bool:
-        """Take one datagram (False if none came within timeout; 0 = do not wait)."""
-        self.sock.settimeout(timeout)
-        try:
-            data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(struct.calcsize("3i")))
-        except (socket.timeout, BlockingIOError):
-            return False
-        pids = [struct.unpack("3i", d[:struct.calcsize("3i")])[0] for level, kind, d in ancillary
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
-        if pids == [os.getpid()]:
-            self.messages.append(data.decode("utf-8", "replace").splitlines())
-        return True
-
-    def drain(self) -> None:
-        while self._receive(0):
-            pass
-
-    def seen(self, line: str) -> bool:
-        return any(line in m for m in self.messages)
-
-    def wait_for(self, line: str, timeout: float, after: int = 0) -> int:
-        """Receive until one of our datagrams (index >= after) has `line`; returns its index."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(after, len(self.messages)):
-                if line in self.messages[i]:
-                    return i
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {line} within {timeout} s; got {self.messages}")
-            self._receive(min(left, 0.5))
-
-    def close(self) -> None:
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def test_ready_comes_when_connected_not_at_the_main_loops_tick(tmp_path, fake_coze, broker, alsa_sink, probe,
                                                                monkeypatch, caplog):
     """The main loop's tick is made an hour long: READY=1 must come from the connection
@@ -374,7 +321,7 @@ def test_ready_comes_when_connected_not_at_the_main_loops_tick(tmp_path, fake_co
     import coze_speaker.app.daemon as daemon_module
 
     monkeypatch.setattr(daemon_module, "TICK", 3600.0)
-    ns = MainPidNotifySocket()
+    ns = NotifySocket(only_pid=os.getpid())
     monkeypatch.setenv("NOTIFY_SOCKET", ns.path)
     for var in ("WATCHDOG_USEC", "WATCHDOG_PID", "COZE_API_TOKEN"):
         monkeypatch.delenv(var, raising=False)

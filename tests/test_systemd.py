@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -354,15 +355,41 @@ def test_daemon_speaks_through_aplay_under_the_units_syscall_filter(sandboxed, t
 
 
 class NotifySocket:
-    """A unix datagram socket in the role of systemd's $NOTIFY_SOCKET."""
+    """A unix datagram socket in the role of systemd's $NOTIFY_SOCKET. With `only_pid`, only
+    datagrams from that process count (as with NotifyAccess=main; the sender's pid comes with
+    each one, SO_PASSCRED): mosquitto started by a test inherits NOTIFY_SOCKET and sends its
+    own READY=1, which must not be taken for the daemon's."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_pid: Optional[int] = None) -> None:
         # sun_path is limited to 108 bytes: a short directory of our own, not tmp_path
         self.dir = tempfile.mkdtemp(prefix="cs-notify-")
         self.path = os.path.join(self.dir, "notify")
+        self.only_pid = only_pid
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if only_pid is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(self.path)
-        self.messages: List[List[str]] = []  # each datagram as its lines
+        self.messages: List[List[str]] = []  # each datagram (that counts) as its lines
+
+    def _receive(self, timeout: Optional[float]) -> bool:
+        """Take one datagram (False if none came within timeout; 0 = do not wait)."""
+        self.sock.settimeout(timeout)
+        creds = struct.calcsize("3i")
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds))
+        except (socket.timeout, BlockingIOError):
+            return False
+        if self.only_pid is not None:
+            pids = [struct.unpack("3i", d[:creds])[0] for level, kind, d in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+            if pids != [self.only_pid]:
+                return True
+        self.messages.append(data.decode("utf-8", "replace").splitlines())
+        return True
+
+    def drain(self) -> None:
+        while self._receive(0):
+            pass
 
     def wait_for(self, line: str, timeout: float, proc: Optional[subprocess.Popen] = None,
                  after: int = 0) -> int:
@@ -376,15 +403,10 @@ class NotifySocket:
             if left <= 0:
                 raise AssertionError(f"no {line} within {timeout} s; got {self.messages}"
                                      + (_stderr_tail(proc) if proc is not None else ""))
-            self.sock.settimeout(min(left, 0.5))
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
+            if not self._receive(min(left, 0.5)):
                 if proc is not None and proc.poll() is not None and line != "STOPPING=1":
                     raise AssertionError(f"the daemon exited ({proc.returncode}) before {line}"
                                          + _stderr_tail(proc))
-                continue
-            self.messages.append(data.decode("utf-8", "replace").splitlines())
 
     def seen(self, line: str, before: Optional[int] = None) -> bool:
         return any(line in m for m in self.messages[:before])
