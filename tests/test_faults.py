@@ -36,7 +36,9 @@ def online(probe, count=1, timeout=30):
 
 def hold_the_queue(probe, count):
     """A slow announcement plays ("head") and `count` more wait behind it (q0, q1, …)."""
-    probe.publish(SAY, {"text": "A slow first announcement that holds the queue.", "id": "head"})
+    # ~9 s of audio streamed in real time: it is still playing when the test acts, even on a
+    # loaded machine
+    probe.publish(SAY, {"text": "A slow first announcement that holds the queue. " * 3, "id": "head"})
     probe.wait_event(EVENT, id="head", event="started")
     for n in range(count):
         probe.publish(SAY, {"text": f"queued number {n}", "id": f"q{n}"})
