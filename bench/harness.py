@@ -326,7 +326,7 @@ def daemon_config(path: Path, *, fake: FakeCoze, broker_port: int, device: str, 
     data = {
         "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 15},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "device_id": device},
-        "audio": {"backend": backend, "sample_rate": RATE, "chime": "none", "preroll_ms": 0},
+        "audio": {"backend": backend, "sample_rate": RATE, "chime": "none", "wake_ms": 0},
         "cache": {"dir": str(cache_dir), "max_size_mb": 4000},
         "state": {"dir": str(state_dir)},
         # The bench replays faster than life: no dedup window, room for a 1 000-message

@@ -20,8 +20,9 @@ PRIORITIES = ("low", "normal", "high", "critical")
 PRIORITY_RANK = {name: rank for rank, name in enumerate(PRIORITIES)}
 #: Coze accepts at most this many UTF-8 bytes of `input` per speech request.
 MAX_INPUT_BYTES = 1024
-#: `audio.backend` choices: auto picks aplay when installed, else simpleaudio.
-AUDIO_BACKENDS = ("auto", "aplay", "simpleaudio", "null")
+#: `audio.backend` choices: auto picks alsa (pyalsaaudio) when importable, else aplay when
+#: installed, else simpleaudio.
+AUDIO_BACKENDS = ("auto", "alsa", "aplay", "simpleaudio", "null")
 #: Events that end an announcement (exactly one per accepted announcement).
 FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "interrupted"})
 

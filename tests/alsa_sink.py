@@ -14,11 +14,18 @@ The ALSA config written here does not include the system alsa.conf (a ~/.asoundr
   argument" (kind 'failed').
 * ``ioerror``: a ``file`` PCM whose output file cannot be created → opens, then fails
   on the first write ("write error: Input/output error", kind 'failed').
+* ``busy`` (after :meth:`AlsaSink.add_busy`): a PCM whose every open fails with EBUSY inside
+  libasound, through a tiny plugin compiled from tests/alsa_busy.c; it logs the mode of
+  each open ("nonblock"/"block") to ``busy.log``.
 
-A real *busy* device (EBUSY) cannot be produced here: there is no sound card, and the
-snd-aloop/snd-dummy kernel modules are not available. :func:`fake_aplay` writes a
+Every open of the sink PCM appends a line to ``opens.log`` (the pipe command runs once per
+open), so a test can tell how many times the device was opened.
+
+A real *busy* device (EBUSY) cannot be produced by a sound card here: there is none, and
+the snd-aloop/snd-dummy kernel modules are not available. :func:`fake_aplay` writes a
 stand-in executable that fails like aplay on a busy device, to exercise the player's
-handling of that case through a real child process.
+handling of that case through a real child process; :func:`busy_plugin` builds the
+in-libasound stand-in used for the in-process player.
 
 ALSA_CONFIG_PATH is set with monkeypatch, so child processes (aplay) inherit it. Found
 while writing this: libasound in *this* process (simpleaudio) does pick up a changed
@@ -34,7 +41,9 @@ import array
 import math
 import os
 import shlex
+import shutil
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,11 +64,35 @@ class AlsaSink:
         self.dir = directory
         self.path = directory / "played.raw"
         self.config_path = directory / "asound.conf"
+        self.opens_path = directory / "opens.log"
+        self.busy_log = directory / "busy.log"
+        self.busy_lib: Optional[Path] = None
         self.path.write_bytes(b"")
         self.write_config()
 
     def pipe_command(self, path: Optional[Path] = None) -> str:
-        return "|cat >> " + shlex.quote(str(path or self.path))
+        # run by /bin/sh once per open of the PCM: one line per open, then the capture
+        return (f"|echo open >> {shlex.quote(str(self.opens_path))}; "
+                f"exec cat >> {shlex.quote(str(path or self.path))}")
+
+    def opens(self) -> int:
+        """How many times the sink PCM has been opened."""
+        try:
+            return len(self.opens_path.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def add_busy(self, lib: Path) -> None:
+        """Declare the ``busy`` PCM (see :func:`busy_plugin`)."""
+        self.busy_lib = lib
+        self.write_config()
+
+    def busy_opens(self) -> list:
+        """The mode of every open of the ``busy`` PCM so far: "nonblock" or "block"."""
+        try:
+            return self.busy_log.read_text().split()
+        except FileNotFoundError:
+            return []
 
     def write_config(self, default: Optional[str] = None) -> None:
         """(Re)write the config; ``default`` names another PCM of the file to be the default."""
@@ -76,7 +109,14 @@ class AlsaSink:
             f"file {_alsa_string(str(unwritable))} format \"raw\" }}",
             f"pcm.!default {sink}" if default is None else f'pcm.!default "{default}"',
         ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        if self.busy_lib is not None:
+            lines += [f"pcm_type.busy {{ lib {_alsa_string(str(self.busy_lib))} }}",
+                      f"pcm.busy {{ type busy log {_alsa_string(str(self.busy_log))} }}"]
+        # A new file each time (os.replace): libasound notices a changed config by inode and
+        # mtime, and a rewrite within the same second could keep the mtime.
+        tmp = self.config_path.with_name(self.config_path.name + ".new")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.config_path)
 
     def read(self) -> bytes:
         return self.path.read_bytes()
@@ -131,6 +171,22 @@ def alsa_broken_default(tmp_path, monkeypatch) -> AlsaSink:
     sink = AlsaSink(tmp_path / "alsa-broken")
     sink.write_config(default="broken")
     return _install(sink, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def busy_plugin(tmp_path_factory) -> Path:
+    """libasound_module_pcm_busy.so built from tests/alsa_busy.c (skips without cc or the ALSA
+    headers, libasound2-dev: the same build needs of pyalsaaudio)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the busy ALSA plugin")
+    out = tmp_path_factory.mktemp("alsa-busy") / "libasound_module_pcm_busy.so"
+    source = Path(__file__).with_name("alsa_busy.c")
+    result = subprocess.run([cc, "-shared", "-fPIC", "-DPIC", "-O2", "-o", str(out), str(source), "-lasound"],
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        pytest.skip(f"cannot build the busy ALSA plugin (libasound2-dev?): {result.stderr.strip()[-300:]}")
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
