@@ -292,6 +292,9 @@ def test_alsa_wake_silence_only_on_a_cold_start(alsa_sink):
     c_at = rest.index(c)
     assert rest[c_at - len(wake): c_at] == wake
     assert captured.count(b) == 1 and captured.count(c) == 1
+    # Every byte accounted for: two wakes (a, c), the audio, and the silence the keep-open
+    # feed wrote. A wake before b would be one wake too many here.
+    assert len(captured) == 2 * len(wake) + len(a) + len(b) + len(c) + 2 * player.silence_frames
 
 
 def test_alsa_close_ends_keep_open_at_once(alsa_sink):

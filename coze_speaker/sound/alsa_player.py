@@ -123,6 +123,7 @@ class AlsaPlayer(Player):
         self.attempts = 0
         self.opens = 0  #: PCM opens so far
         self.underruns = 0  #: writes that found the device run dry (the audio went on after it)
+        self.silence_frames = 0  #: frames of silence fed while the device was kept open
         self._lock = threading.Condition()
         self._pcm: Any = None  # open PCM, or None
         self._rate = 0  # its rate
@@ -422,6 +423,7 @@ class AlsaPlayer(Player):
             self._pace_from(now)
         elif written > 0:
             self._paced += written
+            self.silence_frames += written
 
     def _drop(self) -> None:
         """Discard what the device holds (under _lock): silence now."""
