@@ -219,6 +219,29 @@ class StampSink:
                 plays[pid].bytes = int(parts[3])
         return sorted(plays.values(), key=lambda p: p.first)
 
+    def marks(self, kind: str, offset: int = 0) -> List[tuple]:
+        """(pid, time) of every "open", or (pid, time, byte offset) of every "sound" / "quiet"
+        line after offset: opens of the PCM, and where sound starts and stops within a stream
+        (a device kept open between announcements is fed silence; see bench/sink_stamp.c)."""
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode()
+        out = []
+        for line in text.splitlines():
+            parts = line.split()
+            if not parts or parts[0] != kind:
+                continue
+            if kind == "open" and len(parts) == 3:
+                out.append((int(parts[1]), float(parts[2])))
+            elif len(parts) == 4:
+                out.append((int(parts[1]), float(parts[2]), int(parts[3])))
+        return out
+
+    def wait_mark(self, kind: str, offset: int, timeout: float = 10.0) -> tuple:
+        """The first "sound"/"quiet"/"open" mark after offset (bounded wait)."""
+        return wait_until(lambda: (self.marks(kind, offset) or [None])[0], timeout, 0.002,
+                          f"a '{kind}' mark at the ALSA sink")
+
     def wait_plays(self, offset: int, n: int = 1, timeout: float = 10.0) -> List[Play]:
         """The first n complete plays after offset (bounded wait)."""
         def done():

@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 #: A period of 20 ms and five of them: the 100 ms device buffer aplay gets with -B 100000.
 PERIOD_MS = 20
 PERIODS = 5
-#: Silence kept queued ahead of the clock while the device is kept open: what a follow-up
-#: waits behind at most, and the margin against a late wake-up of the keep-open thread.
-LEAD_PERIODS = 2
+#: While the device is kept open, the keep-open thread wakes every TICK_PERIODS periods
+#: (25 times a second) and tops the device up to LEAD_PERIODS of silence ahead of the clock:
+#: a follow-up waits behind at most that much silence (60 ms), and a wake-up of the thread
+#: up to 20 ms late still finds audio in the device.
+TICK_PERIODS = 2
+LEAD_PERIODS = 3
 #: pyalsaaudio 0.11 added PCM.avail() and made write() return -EPIPE on an underrun.
 MIN_VERSION = (0, 11)
 
@@ -398,7 +401,7 @@ class AlsaPlayer(Player):
                     except _Failure as failure:
                         log.warning("alsa: closing the idle device: %s", failure.message)
                         break
-                    self._lock.wait(min(self.period_ms / 1000.0, self._idle_until - now))
+                    self._lock.wait(min(TICK_PERIODS * self.period_ms / 1000.0, self._idle_until - now))
                 if not self._playing:
                     self._close_pcm()
             finally:
@@ -410,7 +413,7 @@ class AlsaPlayer(Player):
     def _feed(self, now: float) -> None:
         """Top the device up with silence to LEAD_PERIODS ahead, never ahead of the clock
         (under _lock): a device that takes data faster than real time (the test sink's null
-        PCM has no clock) gets silence at the real-time rate, one write per period."""
+        PCM has no clock) gets silence at the real-time rate, one write per tick."""
         lead = LEAD_PERIODS * self._period
         due = int((now - self._paced_from) * self._rate) + lead - self._paced
         room = lead - self._queued()
