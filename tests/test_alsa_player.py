@@ -362,3 +362,17 @@ def test_daemon_follow_up_plays_on_the_warm_device(start_daemon, probe, alsa_sin
     rest = captured[len(wake) + len(one):]
     at = rest.index(two)
     assert rest[:at].count(0) == at and rest[at + len(two):].count(0) == len(rest) - at - len(two)
+
+
+def test_daemon_retries_a_busy_device_within_the_ttl_then_fails(start_daemon, probe, alsa_sink, busy_plugin):
+    """The worker's retry policy with the in-process back end: each attempt is one
+    non-blocking open that fails at once (kind 'busy'); at the TTL the announcement fails."""
+    alsa_sink.add_busy(busy_plugin)
+    r = start_daemon(audio={"backend": "alsa", "device": "busy"})
+    probe.publish(SAY, {"text": "device busy", "id": "b", "ttl": 2.5})
+    ev = probe.wait_event(EVENT, id="b", event="failed", timeout=30)
+    assert ev["error"]["code"] == "audio_busy"
+    assert ev["error"]["message"] == "audio device 'busy' is busy: Device or resource busy"
+    opens = alsa_sink.busy_opens()
+    assert len(opens) >= 2 and set(opens) == {"nonblock"}, opens  # retried; never a blocking open
+    assert r.thread.is_alive() and not r.daemon.player.is_open
