@@ -9,6 +9,7 @@ never about how long something took; every wait is bounded.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import time
 
@@ -94,6 +95,19 @@ def test_make_player_alsa(alsa_sink):
     data = sine_pcm(1000, 24000)
     assert player.play([data], 24000) is True
     assert alsa_sink.settle() == data
+
+
+def test_make_player_alsa_without_pyalsaaudio_says_how_to_get_it(monkeypatch):
+    import coze_speaker.sound.alsa_player as alsa_player
+
+    monkeypatch.setitem(sys.modules, "alsaaudio", None)  # import now raises ImportError
+    monkeypatch.setattr(alsa_player, "_alsaaudio", None)
+    assert alsa_player.alsa_available() is False
+    with pytest.raises(PlayerError) as info:
+        make_player("alsa")
+    assert info.value.kind == "missing"
+    assert str(info.value).startswith("pyalsaaudio is not installed (")
+    assert str(info.value).endswith("pip install 'coze-speaker[alsa]'")
 
 
 # ----------------------------------------------------------------------------- device errors
