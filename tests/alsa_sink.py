@@ -14,9 +14,11 @@ The ALSA config written here does not include the system alsa.conf (a ~/.asoundr
   argument" (kind 'failed').
 * ``ioerror``: a ``file`` PCM whose output file cannot be created → opens, then fails
   on the first write ("write error: Input/output error", kind 'failed').
-* ``busy`` (after :meth:`AlsaSink.add_busy`): a PCM whose every open fails with EBUSY inside
-  libasound, through a tiny plugin compiled from tests/alsa_busy.c; it logs the mode of
-  each open ("nonblock"/"block") to ``busy.log``.
+* after :meth:`AlsaSink.add_plugins` (plugins compiled from tests/alsa_plugins.c, see
+  :func:`alsa_plugins`): ``busy``, a PCM whose every open fails with EBUSY inside libasound
+  (it logs the mode of each open, "nonblock"/"block", to ``busy.log``); ``stereo``, a
+  hardware-like PCM that takes S16_LE stereo at 44100 or 48000 Hz only; ``only44k``, mono at
+  44100 Hz only. Both discard what they get.
 
 Every open of the sink PCM appends a line to ``opens.log`` (the pipe command runs once per
 open), so a test can tell how many times the device was opened.
@@ -24,8 +26,8 @@ open), so a test can tell how many times the device was opened.
 A real *busy* device (EBUSY) cannot be produced by a sound card here: there is none, and
 the snd-aloop/snd-dummy kernel modules are not available. :func:`fake_aplay` writes a
 stand-in executable that fails like aplay on a busy device, to exercise the player's
-handling of that case through a real child process; :func:`busy_plugin` builds the
-in-libasound stand-in used for the in-process player.
+handling of that case through a real child process; :func:`alsa_plugins` builds the
+in-libasound stand-ins (tests/alsa_plugins.c).
 
 ALSA_CONFIG_PATH is set with monkeypatch, so child processes (aplay) inherit it. Found
 while writing this: libasound in *this* process (simpleaudio) does pick up a changed
@@ -82,8 +84,8 @@ class AlsaSink:
         except FileNotFoundError:
             return 0
 
-    def add_busy(self, lib: Path) -> None:
-        """Declare the ``busy`` PCM (see :func:`busy_plugin`)."""
+    def add_plugins(self, lib: Path) -> None:
+        """Declare the ``busy``, ``stereo`` and ``only44k`` PCMs (see :func:`alsa_plugins`)."""
         self.busy_lib = lib
         self.write_config()
 
@@ -110,8 +112,12 @@ class AlsaSink:
             f"pcm.!default {sink}" if default is None else f'pcm.!default "{default}"',
         ]
         if self.busy_lib is not None:
-            lines += [f"pcm_type.busy {{ lib {_alsa_string(str(self.busy_lib))} }}",
-                      f"pcm.busy {{ type busy log {_alsa_string(str(self.busy_log))} }}"]
+            lib = _alsa_string(str(self.busy_lib))
+            lines += [f"pcm_type.busy {{ lib {lib} }}",
+                      f"pcm_type.fixed {{ lib {lib} }}",
+                      f"pcm.busy {{ type busy log {_alsa_string(str(self.busy_log))} }}",
+                      "pcm.stereo { type fixed channels 2 rates [ 44100 48000 ] }",
+                      "pcm.only44k { type fixed channels 1 rates [ 44100 ] }"]
         # A new file each time (os.replace): libasound notices a changed config by inode and
         # mtime, and a rewrite within the same second could keep the mtime.
         tmp = self.config_path.with_name(self.config_path.name + ".new")
@@ -174,18 +180,18 @@ def alsa_broken_default(tmp_path, monkeypatch) -> AlsaSink:
 
 
 @pytest.fixture(scope="session")
-def busy_plugin(tmp_path_factory) -> Path:
-    """libasound_module_pcm_busy.so built from tests/alsa_busy.c (skips without cc or the ALSA
-    headers, libasound2-dev: the same build needs of pyalsaaudio)."""
+def alsa_plugins(tmp_path_factory) -> Path:
+    """The test PCM plugins (busy, fixed) built from tests/alsa_plugins.c (skips without cc or
+    the ALSA headers, libasound2-dev: the same build needs as pyalsaaudio)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        pytest.skip("no C compiler to build the busy ALSA plugin")
-    out = tmp_path_factory.mktemp("alsa-busy") / "libasound_module_pcm_busy.so"
-    source = Path(__file__).with_name("alsa_busy.c")
+        pytest.skip("no C compiler to build the test ALSA plugins")
+    out = tmp_path_factory.mktemp("alsa-plugins") / "libasound_module_pcm_test.so"
+    source = Path(__file__).with_name("alsa_plugins.c")
     result = subprocess.run([cc, "-shared", "-fPIC", "-DPIC", "-O2", "-o", str(out), str(source), "-lasound"],
                             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        pytest.skip(f"cannot build the busy ALSA plugin (libasound2-dev?): {result.stderr.strip()[-300:]}")
+        pytest.skip(f"cannot build the test ALSA plugins (libasound2-dev?): {result.stderr.strip()[-300:]}")
     return out
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from alsa_sink import AlsaSink, alsa_broken_default, alsa_sink, busy_plugin, sine_pcm  # noqa: F401
+from alsa_sink import AlsaSink, alsa_broken_default, alsa_sink, alsa_plugins, sine_pcm  # noqa: F401
 from mqtt_helpers import broker, probe  # noqa: F401  (fixtures)
 from test_daemon import EVENT, SAY, pcm, start_daemon  # noqa: F401  (start_daemon is a fixture)
 from test_daemon import RATE as D_RATE
@@ -130,9 +130,9 @@ def test_alsa_device_errors_after_retries(alsa_sink, device, kind, detail):
     assert not player.is_open and player.opens == 0
 
 
-def test_alsa_busy_device_fails_at_once_and_is_reported(alsa_sink, busy_plugin):
-    # The "busy" PCM fails every open with EBUSY inside libasound (tests/alsa_busy.c).
-    alsa_sink.add_busy(busy_plugin)
+def test_alsa_busy_device_fails_at_once_and_is_reported(alsa_sink, alsa_plugins):
+    # The "busy" PCM fails every open with EBUSY inside libasound (tests/alsa_plugins.c).
+    alsa_sink.add_plugins(alsa_plugins)
     player = AlsaPlayer("busy", retries=3, backoff=0.01)
     with pytest.raises(PlayerError) as info:
         player.play(chunked(sine_pcm(2400, 24000)), 24000)
@@ -144,10 +144,10 @@ def test_alsa_busy_device_fails_at_once_and_is_reported(alsa_sink, busy_plugin):
     assert alsa_sink.read() == b""
 
 
-def test_alsa_busy_then_free_plays_once_whole(alsa_sink, busy_plugin):
+def test_alsa_busy_then_free_plays_once_whole(alsa_sink, alsa_plugins):
     # "speaker" is busy for the first attempt; then it is the sink (libasound re-reads its
     # config at the next open). The announcement reaches the sink exactly once.
-    alsa_sink.add_busy(busy_plugin)
+    alsa_sink.add_plugins(alsa_plugins)
     config = alsa_sink.config_path
     text = config.read_text()
     config.write_text(text + 'pcm.speaker "busy"\n')
@@ -168,6 +168,21 @@ def test_alsa_busy_then_free_plays_once_whole(alsa_sink, busy_plugin):
     assert 2 <= player.attempts <= 8
     assert player.attempts == len(alsa_sink.busy_opens()) + 1
     assert alsa_sink.settle() == data
+
+
+@pytest.mark.parametrize("device, plays", [
+    ("stereo", "S16_LE 2 channel(s) at 48000 Hz"),  # a hw: device that takes stereo only
+    ("only44k", "S16_LE 1 channel(s) at 44100 Hz"),  # one that would play 48 kHz audio too slow
+])
+def test_alsa_refuses_what_the_device_would_play_wrongly(alsa_sink, alsa_plugins, device, plays):
+    alsa_sink.add_plugins(alsa_plugins)
+    player = AlsaPlayer(device, retries=1)
+    with pytest.raises(PlayerError) as info:
+        player.play([sine_pcm(4800, 48000)], 48000)
+    assert info.value.kind == "failed"
+    assert str(info.value) == (f"playback on audio device '{device}' failed: it plays {plays}, not S16_LE mono "
+                               "at 48000 Hz (use plughw: or default)")
+    assert not player.is_open
 
 
 # ----------------------------------------------------------------------------- stop
@@ -344,14 +359,16 @@ def test_rates_from_getrates():
     assert rates_from_getrates(True) == ((), None)
 
 
-def test_probe_rates_in_process(alsa_sink, busy_plugin):
+def test_probe_rates_in_process(alsa_sink, alsa_plugins):
     assert probe_rates("sink", via="alsa") == (SAMPLE_RATES, (1, 4294967295))
     assert probe_rates("broken", via="alsa") == ((), None)
-    alsa_sink.add_busy(busy_plugin)
+    alsa_sink.add_plugins(alsa_plugins)
     assert probe_rates("busy", via="alsa") == ((), None)
     assert alsa_sink.busy_opens() == ["nonblock"]
     assert alsa_sink.opens() == 1 and alsa_sink.read() == b""  # probing plays nothing
     assert resolve_sample_rate("auto", "hw:9,0", via="alsa") == 48000
+    assert probe_rates("stereo", via="alsa") == ((44100, 48000), (44100, 48000))  # a list of rates
+    assert probe_rates("only44k", via="alsa") == ((44100,), (44100, 44100))  # a single rate
 
 
 # ----------------------------------------------------------------------------- the daemon
@@ -378,10 +395,10 @@ def test_daemon_follow_up_plays_on_the_warm_device(start_daemon, probe, alsa_sin
     assert rest[:at].count(0) == at and rest[at + len(two):].count(0) == len(rest) - at - len(two)
 
 
-def test_daemon_retries_a_busy_device_within_the_ttl_then_fails(start_daemon, probe, alsa_sink, busy_plugin):
+def test_daemon_retries_a_busy_device_within_the_ttl_then_fails(start_daemon, probe, alsa_sink, alsa_plugins):
     """The worker's retry policy with the in-process back end: each attempt is one
     non-blocking open that fails at once (kind 'busy'); at the TTL the announcement fails."""
-    alsa_sink.add_busy(busy_plugin)
+    alsa_sink.add_plugins(alsa_plugins)
     r = start_daemon(audio={"backend": "alsa", "device": "busy"})
     probe.publish(SAY, {"text": "device busy", "id": "b", "ttl": 2.5})
     ev = probe.wait_event(EVENT, id="b", event="failed", timeout=30)
