@@ -234,6 +234,29 @@ class StampSink:
                 plays[pid].bytes = int(parts[3])
         return sorted(plays.values(), key=lambda p: p.first)
 
+    def marks(self, kind: str, offset: int = 0) -> List[tuple]:
+        """(pid, time) of every "open", or (pid, time, byte offset) of every "sound" / "quiet"
+        line after offset: opens of the PCM, and where sound starts and stops within a stream
+        (a device kept open between announcements is fed silence; see bench/sink_stamp.c)."""
+        with open(self.log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode()
+        out = []
+        for line in text.splitlines():
+            parts = line.split()
+            if not parts or parts[0] != kind:
+                continue
+            if kind == "open" and len(parts) == 3:
+                out.append((int(parts[1]), float(parts[2])))
+            elif len(parts) == 4:
+                out.append((int(parts[1]), float(parts[2]), int(parts[3])))
+        return out
+
+    def wait_mark(self, kind: str, offset: int, timeout: float = 10.0) -> tuple:
+        """The first "sound"/"quiet"/"open" mark after offset (bounded wait)."""
+        return wait_until(lambda: (self.marks(kind, offset) or [None])[0], timeout, 0.002,
+                          f"a '{kind}' mark at the ALSA sink")
+
     def wait_plays(self, offset: int, n: int = 1, timeout: float = 10.0) -> List[Play]:
         """The first n complete plays after offset (bounded wait)."""
         def done():
@@ -341,7 +364,7 @@ def daemon_config(path: Path, *, fake: FakeCoze, broker_port: int, device: str, 
     data = {
         "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 15},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "device_id": device},
-        "audio": {"backend": backend, "sample_rate": RATE, "chime": "none", "preroll_ms": 0},
+        "audio": {"backend": backend, "sample_rate": RATE, "chime": "none", "wake_ms": 0},
         "cache": {"dir": str(cache_dir), "max_size_mb": 4000},
         "state": {"dir": str(state_dir)},
         # The bench replays faster than life: no dedup window, room for a 1 000-message

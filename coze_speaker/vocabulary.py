@@ -31,8 +31,9 @@ MIN_STREAM_SPEED = 0.5
 COMPRESSED_BYTES_PER_SECOND = 2000
 #: The longest Retry-After honoured; a longer wait fails at once with `rate_limited`.
 MAX_RETRY_AFTER = 60.0
-#: `audio.backend` choices: auto picks aplay when installed, else simpleaudio.
-AUDIO_BACKENDS = ("auto", "aplay", "simpleaudio", "null")
+#: `audio.backend` choices: auto picks alsa (pyalsaaudio) when importable, else aplay when
+#: installed, else simpleaudio.
+AUDIO_BACKENDS = ("auto", "alsa", "aplay", "simpleaudio", "null")
 #: Coze's circuit breaker doubles its cool-down after each failed check up to this (seconds),
 #: or up to `coze.breaker_cooldown` when that is longer.
 BREAKER_MAX_COOLDOWN = 120.0

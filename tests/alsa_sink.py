@@ -14,11 +14,20 @@ The ALSA config written here does not include the system alsa.conf (a ~/.asoundr
   argument" (kind 'failed').
 * ``ioerror``: a ``file`` PCM whose output file cannot be created → opens, then fails
   on the first write ("write error: Input/output error", kind 'failed').
+* after :meth:`AlsaSink.add_plugins` (plugins compiled from tests/alsa_plugins.c, see
+  :func:`alsa_plugins`): ``busy``, a PCM whose every open fails with EBUSY inside libasound
+  (it logs the mode of each open, "nonblock"/"block", to ``busy.log``); ``stereo``, a
+  hardware-like PCM that takes S16_LE stereo at 44100 or 48000 Hz only; ``only44k``, mono at
+  44100 Hz only. Both discard what they get.
 
-A real *busy* device (EBUSY) cannot be produced here: there is no sound card, and the
-snd-aloop/snd-dummy kernel modules are not available. :func:`fake_aplay` writes a
+Every open of the sink PCM appends a line to ``opens.log`` (the pipe command runs once per
+open), so a test can tell how many times the device was opened.
+
+A real *busy* device (EBUSY) cannot be produced by a sound card here: there is none, and
+the snd-aloop/snd-dummy kernel modules are not available. :func:`fake_aplay` writes a
 stand-in executable that fails like aplay on a busy device, to exercise the player's
-handling of that case through a real child process.
+handling of that case through a real child process; :func:`alsa_plugins` builds the
+in-libasound stand-ins (tests/alsa_plugins.c).
 
 ALSA_CONFIG_PATH is set with monkeypatch, so child processes (aplay) inherit it. Found
 while writing this: libasound in *this* process (simpleaudio) does pick up a changed
@@ -34,7 +43,9 @@ import array
 import math
 import os
 import shlex
+import shutil
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,11 +66,35 @@ class AlsaSink:
         self.dir = directory
         self.path = directory / "played.raw"
         self.config_path = directory / "asound.conf"
+        self.opens_path = directory / "opens.log"
+        self.busy_log = directory / "busy.log"
+        self.busy_lib: Optional[Path] = None
         self.path.write_bytes(b"")
         self.write_config()
 
     def pipe_command(self, path: Optional[Path] = None) -> str:
-        return "|cat >> " + shlex.quote(str(path or self.path))
+        # run by /bin/sh once per open of the PCM: one line per open, then the capture
+        return (f"|echo open >> {shlex.quote(str(self.opens_path))}; "
+                f"exec cat >> {shlex.quote(str(path or self.path))}")
+
+    def opens(self) -> int:
+        """How many times the sink PCM has been opened."""
+        try:
+            return len(self.opens_path.read_text().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def add_plugins(self, lib: Path) -> None:
+        """Declare the ``busy``, ``stereo`` and ``only44k`` PCMs (see :func:`alsa_plugins`)."""
+        self.busy_lib = lib
+        self.write_config()
+
+    def busy_opens(self) -> list:
+        """The mode of every open of the ``busy`` PCM so far: "nonblock" or "block"."""
+        try:
+            return self.busy_log.read_text().split()
+        except FileNotFoundError:
+            return []
 
     def write_config(self, default: Optional[str] = None) -> None:
         """(Re)write the config; ``default`` names another PCM of the file to be the default."""
@@ -76,7 +111,18 @@ class AlsaSink:
             f"file {_alsa_string(str(unwritable))} format \"raw\" }}",
             f"pcm.!default {sink}" if default is None else f'pcm.!default "{default}"',
         ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        if self.busy_lib is not None:
+            lib = _alsa_string(str(self.busy_lib))
+            lines += [f"pcm_type.busy {{ lib {lib} }}",
+                      f"pcm_type.fixed {{ lib {lib} }}",
+                      f"pcm.busy {{ type busy log {_alsa_string(str(self.busy_log))} }}",
+                      "pcm.stereo { type fixed channels 2 rates [ 44100 48000 ] }",
+                      "pcm.only44k { type fixed channels 1 rates [ 44100 ] }"]
+        # A new file each time (os.replace): libasound notices a changed config by inode and
+        # mtime, and a rewrite within the same second could keep the mtime.
+        tmp = self.config_path.with_name(self.config_path.name + ".new")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.config_path)
 
     def read(self) -> bytes:
         return self.path.read_bytes()
@@ -131,6 +177,22 @@ def alsa_broken_default(tmp_path, monkeypatch) -> AlsaSink:
     sink = AlsaSink(tmp_path / "alsa-broken")
     sink.write_config(default="broken")
     return _install(sink, monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def alsa_plugins(tmp_path_factory) -> Path:
+    """The test PCM plugins (busy, fixed) built from tests/alsa_plugins.c (skips without cc or
+    the ALSA headers, libasound2-dev: the same build needs as pyalsaaudio)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the test ALSA plugins")
+    out = tmp_path_factory.mktemp("alsa-plugins") / "libasound_module_pcm_test.so"
+    source = Path(__file__).with_name("alsa_plugins.c")
+    result = subprocess.run([cc, "-shared", "-fPIC", "-DPIC", "-O2", "-o", str(out), str(source), "-lasound"],
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        pytest.skip(f"cannot build the test ALSA plugins (libasound2-dev?): {result.stderr.strip()[-300:]}")
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -492,3 +492,28 @@ def test_explicit_device_id_must_be_valid(tmp_path):
 
 def test_config_type():
     assert isinstance(load_config(env={}), Config)
+
+
+# ------------------------------------------------------------------ audio: warm device
+def test_keep_open_and_wake_ms(tmp_path):
+    c = load_config(env={})
+    assert (c.audio.keep_open, c.audio.wake_ms) == (5.0, 0)
+    write(tmp_path, "audio:\n  backend: alsa\n  keep_open: 0\n  wake_ms: 300\n")
+    c = load_config("config.yaml", env={})
+    assert (c.audio.backend, c.audio.keep_open, c.audio.wake_ms, c.warnings) == ("alsa", 0.0, 300, ())
+    errs = errors_of("audio:\n  keep_open: -1\n  wake_ms: 2001\n", tmp_path)
+    assert errs[0].startswith("config.yaml:2: audio.keep_open: ") and "-1" in errs[0]
+    assert errs[1].startswith("config.yaml:3: audio.wake_ms: ") and "2001" in errs[1]
+
+
+def test_preroll_ms_is_read_as_wake_ms_with_a_warning(tmp_path, caplog):
+    write(tmp_path, "audio:\n  chime: none\n  preroll_ms: 250\n")
+    with caplog.at_level(logging.WARNING, logger="coze_speaker.config"):
+        c = load_config("config.yaml", env={})
+    assert c.audio.wake_ms == 250
+    assert c.warnings == ("config.yaml:3: audio.preroll_ms: is deprecated: rename it to wake_ms",)
+    assert c.warnings[0] in caplog.text
+    errs = errors_of("audio:\n  preroll_ms: 4000\n", tmp_path)
+    assert errs == ["config.yaml:2: audio.preroll_ms: must be between 0 and 2000, got 4000"]
+    errs = errors_of("audio:\n  wake_ms: 100\n  preroll_ms: 250\n", tmp_path)
+    assert errs == ["config.yaml:3: audio.preroll_ms: is the old name of audio.wake_ms; set only wake_ms"]

@@ -32,7 +32,7 @@ def write_config(tmp_path, fake_coze, broker, **sections):
     data = {
         "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 5},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "device_id": D, "groups": ["kitchen"]},
-        "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none", "preroll_ms": 0},
+        "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none", "wake_ms": 0},
         "cache": {"dir": str(tmp_path / "cache")},
         "state": {"dir": str(tmp_path / "state")},
         "queue": {"dedup_seconds": 0},

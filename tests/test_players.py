@@ -454,9 +454,17 @@ def test_realtime_null_player_finishes_short_audio():
 # ----------------------------------------------------------------------------- factory
 
 
-def test_make_player_auto_picks_aplay_when_on_path():
+def test_make_player_auto_picks_alsa_when_pyalsaaudio_is_installed():
+    pytest.importorskip("alsaaudio")
+    player = make_player("auto", "hw:1,0", retries=5, keep_open=2.5, wake_ms=300, aplay="/x/aplay")
+    assert player.name == "alsa"
+    assert (player.device, player.retries, player.keep_open, player.wake_ms) == ("hw:1,0", 5, 2.5, 300)
+
+
+def test_make_player_auto_picks_aplay_when_on_path(monkeypatch):
     if not shutil.which("aplay"):
         pytest.skip("aplay is not on PATH")
+    monkeypatch.setitem(sys.modules, "alsaaudio", None)  # pyalsaaudio "not installed"
     player = make_player("auto", "hw:1,0", retries=5)
     assert isinstance(player, AplayPlayer)
     assert player.name == "aplay"
@@ -467,6 +475,7 @@ def test_make_player_auto_picks_aplay_when_on_path():
 def test_make_player_auto_falls_back_to_simpleaudio(tmp_path, monkeypatch):
     simpleaudio_or_skip()
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "alsaaudio", None)
     player = make_player("auto", retries=2, realtime=True)
     assert isinstance(player, SimpleaudioPlayer)
     assert player.retries == 2
@@ -475,10 +484,12 @@ def test_make_player_auto_falls_back_to_simpleaudio(tmp_path, monkeypatch):
 def test_make_player_auto_without_any_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setitem(sys.modules, "simpleaudio", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "alsaaudio", None)
     with pytest.raises(PlayerError) as info:
         make_player("auto")
     assert info.value.kind == "missing"
-    assert str(info.value) == "no audio backend: install alsa-utils or simpleaudio"
+    assert str(info.value) == ("no audio backend: install pyalsaaudio (coze-speaker[alsa]), alsa-utils or "
+                               "simpleaudio")
 
 
 def test_make_player_named_backends():

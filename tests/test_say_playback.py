@@ -32,7 +32,7 @@ from coze_speaker.sound.shaping import builtin_chime, volume_gain
 
 SPEECH = "/v1/audio/speech"
 RATE = 24000
-BACKENDS = ("aplay", "simpleaudio")
+BACKENDS = ("aplay", "simpleaudio", "alsa")
 
 
 def run(capsys, *argv):
@@ -42,10 +42,12 @@ def run(capsys, *argv):
 
 
 def audio(backend: str, **extra) -> dict:
-    return {"backend": backend, "chime": "none", "preroll_ms": 0, "sample_rate": RATE, **extra}
+    return {"backend": backend, "chime": "none", "wake_ms": 0, "sample_rate": RATE, **extra}
 
 
 def backend_or_skip(backend: str) -> None:
+    if backend == "alsa":
+        pytest.importorskip("alsaaudio", reason="pyalsaaudio is not installed")
     if backend == "simpleaudio":
         try:
             import simpleaudio  # noqa: F401
@@ -79,6 +81,8 @@ def assert_prefix_then_zeros(captured: bytes, data: bytes) -> None:
 
 
 def assert_played(backend: str, captured: bytes, data: bytes) -> None:
+    # aplay pads its last period with silence, alsa keeps the device open (audio.keep_open)
+    # fed silence until `say` exits: both are the audio, then only zeros
     if backend == "simpleaudio":
         assert len(captured) == len(data)
         assert captured == data, f"audio differs at byte {first_difference(captured, data)}"
@@ -473,12 +477,12 @@ def test_a_device_that_cannot_be_opened_is_one_clear_error(make_config, fake_coz
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_volume_chime_and_preroll_are_applied_at_play_time_only(capsys, make_config, fake_coze, alsa_sink,
+def test_volume_chime_and_wake_silence_are_applied_at_play_time_only(capsys, make_config, fake_coze, alsa_sink,
                                                                 tmp_path, backend):
     backend_or_skip(backend)
     text = "Dinner is ready"
     pcm = FakeCoze.pcm_for(text, VOICE, RATE)
-    config = make_config(audio=audio(backend, volume=50, chime="builtin", preroll_ms=200))
+    config = make_config(audio=audio(backend, volume=50, chime="builtin", wake_ms=200))
     code, _, err = run(capsys, "-c", config, "say", text)
     assert code == 0, err
 

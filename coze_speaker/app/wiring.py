@@ -16,7 +16,7 @@ from ..cache import PhraseCache
 from ..config import Config
 from ..coze import CozeClient
 from ..queue.state import device_file
-from ..sound.devices import resolve_sample_rate
+from ..sound.devices import probe_via, resolve_sample_rate
 from ..sound.players import Player, make_player
 from ..sound.shaping import Chimes
 from ..sound.speaker import Speaker
@@ -70,7 +70,7 @@ def play_rate(config: Config, *, for_file: bool = False) -> int:
     """The rate audio is requested and played at: the device's native one for `auto`."""
     if config.audio.sample_rate == "auto" and for_file:
         return DEFAULT_PLAY_RATE
-    return resolve_sample_rate(config.audio.sample_rate, config.audio.device)
+    return resolve_sample_rate(config.audio.sample_rate, config.audio.device, via=probe_via(config.audio.backend))
 
 
 @dataclass
@@ -143,6 +143,7 @@ def build_sound(config: Config, *, rate: int, player: Optional[Player] = None,
     queue, so its player makes a few quick attempts itself."""
     audio = config.audio
     owned = player is None
-    player = player or make_player(audio.backend, audio.device, **({} if device_retries else {"retries": 1}))
-    return Sound(player, Speaker(player, rate=rate, preroll_ms=audio.preroll_ms),
+    player = player or make_player(audio.backend, audio.device, keep_open=audio.keep_open, wake_ms=audio.wake_ms,
+                                   **({} if device_retries else {"retries": 1}))
+    return Sound(player, Speaker(player, rate=rate),
                  Chimes(audio.chime, audio.chimes_dir, rate), owned)

@@ -101,11 +101,17 @@ class Context:
     def __init__(self, source: str, env: Mapping[str, str], base_dir: Optional[Path]) -> None:
         self.source, self.env, self.base_dir = source, env, base_dir
         self.errors: List[Tuple[int, str]] = []
+        self.warnings: List[str] = []
         self.inline_secrets: List[str] = []
 
     def error(self, line: Optional[int], path: str, msg: str) -> None:
         loc = f"{self.source}:{line}" if line else self.source
         self.errors.append((line or 0, ": ".join(p for p in (loc, path, msg) if p)))
+
+    def warn(self, line: Optional[int], path: str, msg: str) -> None:
+        """A problem that does not stop the load (a deprecated key): logged, kept in Config.warnings."""
+        loc = f"{self.source}:{line}" if line else self.source
+        self.warnings.append(": ".join(p for p in (loc, path, msg) if p))
 
     def apply(self, check: Checker, v: Value, path: str) -> Any:
         """Expand env references in ``v`` then run ``check``; record failures, return BAD."""

@@ -45,15 +45,19 @@ class ConfigError(SpeakerError):
 
 
 def key(default: Any, check: Checker, doc: str, *, env: Optional[str] = None,
-        secret_of: Optional[str] = None, section: Optional[type] = None) -> Any:
+        secret_of: Optional[str] = None, section: Optional[type] = None,
+        renamed_from: Optional[str] = None) -> Any:
     """Declare a config key once: its default, its check and a one-line doc.
 
     ``default`` may be a zero-argument callable (a class, a function), called per instance.
     ``env`` names the variable read when the key is missing from the file; ``secret_of``
     marks a file key whose content is that secret key; ``section`` is the class a mapping
-    value is built into (so its keys can be listed).
+    value is built into (so its keys can be listed); ``renamed_from`` is the key's old name,
+    still read (with a warning) so an old config keeps working.
     """
     meta: Dict[str, Any] = {"check": check, "doc": doc}
+    if renamed_from is not None:
+        meta["renamed_from"] = renamed_from
     if env is not None:
         meta["missing"] = f"${{{env}}}"
     if secret_of is not None:
@@ -110,14 +114,27 @@ def _check_mapping(cls: type, v: Value, ctx: Context, path: str) -> Any:
     fields = _keys(cls)
     known = [f.name for f in fields]
     bad = False
+    renamed = {f.metadata["renamed_from"]: f.name for f in fields if "renamed_from" in f.metadata}
+    written: Dict[str, str] = {}  # key -> the old name it was written as (errors name what is in the file)
+    for old, new in renamed.items():
+        if old not in items:
+            continue
+        item = items[old]
+        if new in items:
+            ctx.error(item.key_line, join(path, old), f"is the old name of {join(path, new)}; set only {new}")
+            bad = True
+        else:
+            ctx.warn(item.key_line, join(path, old), f"is deprecated: rename it to {new}")
+            items = {**items, new: item}
+            written[new] = old
     for name, item in items.items():
-        if name not in known:
+        if name not in known and name not in renamed:
             ctx.error(item.key_line, join(path, name), f"unknown key (known: {', '.join(known)})")
             bad = True
     values: Dict[str, Any] = {}
     for f in fields:
         item = items[f.name] if f.name in items else _to_val(_missing(f))
-        values[f.name] = ctx.apply(f.metadata["check"], item, join(path, f.name))
+        values[f.name] = ctx.apply(f.metadata["check"], item, join(path, written.get(f.name, f.name)))
         bad = bad or values[f.name] is BAD
     return BAD if bad else values
 
@@ -240,7 +257,7 @@ def _build(root: Type[T], data: Value, ctx: Context, source: Optional[Path]) -> 
         values = BAD
     if ctx.errors or values is BAD:
         raise ConfigError([msg for _, msg in sorted(ctx.errors, key=lambda e: e[0])])
-    warnings: List[str] = []
+    warnings: List[str] = list(ctx.warnings)
     if source is not None and ctx.inline_secrets:
         try:
             mode = stat.S_IMODE(os.stat(source).st_mode)

@@ -141,14 +141,17 @@ class AudioConfig:
     """Where and how audio is played."""
 
     backend: str = key("auto", null_as("null", one_of(*AUDIO_BACKENDS)),
-                       "auto, aplay, simpleaudio, or null (discard audio).")
+                       "auto, alsa, aplay, simpleaudio, or null (discard audio).")
     device: str = key("default", string(), "ALSA PCM device name (see `aplay -L`).")
     sample_rate: Union[int, str] = key(48000, word_or("auto", one_of(*SAMPLE_RATES)),
                                        "Output sample rate in Hz, or auto (what the device plays natively).")
     volume: int = key(100, integer(VOLUME), f"Output volume, {VOLUME.shown()} (100 = loudness unchanged).")
     chime: str = key("builtin", string(), "Chime before announcements: builtin, none, or a .wav in chimes_dir.")
     chimes_dir: Optional[Path] = key(None, optional(path()), "Folder with chime WAV files, or null.")
-    preroll_ms: int = key(0, integer(0, 2000), "Silence in ms played first to wake up amplifiers, 0 to 2000.")
+    wake_ms: int = key(0, integer(0, 2000), "Silence in ms played when the device is opened (cold), 0 to 2000.",
+                       renamed_from="preroll_ms")
+    keep_open: float = key(5.0, number(0, 3600),
+                           "alsa: seconds the device stays open (fed silence) after an announcement; 0 = close.")
 
 
 def _audio_rules(values: Mapping[str, Any], path: str) -> Problems:

@@ -98,8 +98,9 @@ class AplayPlayer(Player):
         buffer_time_us: int = 100_000,
         stall_timeout: float = 5.0,
         exit_grace: float = 3.0,
+        wake_ms: int = 0,
     ):
-        super().__init__()
+        super().__init__(wake_ms=wake_ms)
         self.device = device or "default"
         self.aplay = aplay
         self.retries = max(1, int(retries))
@@ -263,6 +264,10 @@ class AplayPlayer(Player):
             written = 0
             finished = False
             try:
+                wake = self._wake(rate)  # every aplay opens the device: a cold start each time
+                if wake:
+                    self._write(proc, fd, wake, errfile)
+                    written += len(wake)
                 for chunk in consumed.chunks:
                     self._write(proc, fd, chunk, errfile)
                     written += len(chunk)

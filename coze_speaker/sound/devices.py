@@ -1,7 +1,9 @@
 """ALSA playback devices: list them, probe their native sample rates, pick a Coze rate.
 
-Everything here shells out to ``aplay`` (alsa-utils) with a non-blocking open and a
-timeout, and never raises: an unknown answer is an empty rate list.
+A rate probe opens the device non-blocking, in-process through pyalsaaudio when it is
+installed (hw params, no child process), else through ``aplay --dump-hw-params`` with a
+timeout. Listing shells out to ``aplay -l`` (or asks pyalsaaudio for the cards when aplay
+is missing). Nothing here raises: an unknown answer is an empty rate list.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from ..childenv import child_environment
 from ..vocabulary import DEFAULT_PLAY_RATE, SAMPLE_RATES
+from .alsa_player import alsa_available, import_alsaaudio
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +117,77 @@ def _run(cmd: List[str], timeout: float) -> Tuple[Optional[int], str, str]:
         return None, "", ""
 
 
-def probe_rates(device: str, aplay: str = "aplay", timeout: float = 3.0) -> Tuple[Tuple[int, ...], RateRange]:
-    """Native rates of ``device`` from ``aplay --dump-hw-params``; ((), None) if unknown.
+VIA = ("auto", "alsa", "aplay")
+
+
+def probe_via(backend: str) -> str:
+    """How to probe for a player back end: alsa probes in-process, aplay with aplay, the others
+    whichever is there."""
+    return backend if backend in ("alsa", "aplay") else "auto"
+
+
+def _in_process(via: Optional[str], aplay: str) -> bool:
+    """Probe through pyalsaaudio? 'auto' (or None with the default aplay) when it is installed;
+    naming an aplay binary means probing with it."""
+    if via == "alsa":
+        return True
+    if via == "aplay" or (via is None and aplay != "aplay"):
+        return False
+    return alsa_available()
+
+
+def rates_from_getrates(value: object) -> Tuple[Tuple[int, ...], RateRange]:
+    """pyalsaaudio's ``PCM.getrates()`` answer as (Coze rates, (min, max)): one int (a single
+    rate), a (min, max) tuple (a continuous range) or a list (the standard rates it takes)."""
+    if isinstance(value, bool):
+        return (), None
+    if isinstance(value, int):
+        return tuple(r for r in SAMPLE_RATES if r == value), (value, value)
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        lo, hi = value
+        if lo > hi:
+            return (), None
+        return tuple(r for r in SAMPLE_RATES if lo <= r <= hi), (lo, hi)
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        allowed = set(value)
+        return tuple(r for r in SAMPLE_RATES if r in allowed), (min(value), max(value))
+    return (), None
+
+
+def probe_rates_alsa(device: str) -> Tuple[Tuple[int, ...], RateRange]:
+    """Native rates of ``device`` through pyalsaaudio: a non-blocking open (a busy device fails
+    at once), the hardware's rate space, close; nothing is played. ((), None) if unknown."""
+    try:
+        alsaaudio = import_alsaaudio()
+        pcm = alsaaudio.PCM(alsaaudio.PCM_PLAYBACK, alsaaudio.PCM_NONBLOCK, device=device, channels=1,
+                            rate=DEFAULT_PLAY_RATE, format=alsaaudio.PCM_FORMAT_S16_LE, periodsize=1024)
+    except Exception as exc:  # PlayerError (no pyalsaaudio) or ALSAAudioError (busy, missing)
+        log.debug("probe of %s failed: %s", device, exc)
+        return (), None
+    try:
+        return rates_from_getrates(pcm.getrates())
+    except Exception as exc:
+        log.debug("probe of %s failed: %s", device, exc)
+        return (), None
+    finally:
+        try:
+            pcm.drop()
+            pcm.close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+def probe_rates(device: str, aplay: str = "aplay", timeout: float = 3.0,
+                via: Optional[str] = None) -> Tuple[Tuple[int, ...], RateRange]:
+    """Native rates of ``device``; ((), None) if unknown. ``via``: 'alsa' (pyalsaaudio,
+    in-process), 'aplay', or 'auto'/None (pyalsaaudio when installed, see _in_process).
 
     aplay opens the device (non-blocking, so a busy one fails at once), prints the
     hardware parameter space to stderr before it narrows it, and then plays the empty
     input /dev/null: nothing is heard. Never raises, never waits longer than ``timeout``.
     """
+    if _in_process(via, aplay):
+        return probe_rates_alsa(device)
     cmd = [aplay, "-q", "-N", "-D", device, "--dump-hw-params", "-t", "raw", "-f", "S16_LE", "-c", "1", os.devnull]
     try:
         _, out, err = _run(cmd, timeout)
@@ -151,8 +218,24 @@ def parse_aplay_l(text: str) -> List[Tuple[int, int, str]]:
     return found
 
 
-def list_devices(aplay: str = "aplay", timeout: float = 3.0) -> List[Device]:
-    """The "default" PCM, then ``hw:C,D`` and ``plughw:C,D`` for each card in ``aplay -l``.
+def _alsa_cards() -> List[Tuple[int, int, str]]:
+    """(card, 0, name) for each sound card pyalsaaudio knows: the listing without aplay.
+    Only device 0 of each card (most cards play there; HDMI ports are cards of their own)."""
+    try:
+        alsaaudio = import_alsaaudio()
+        found = []
+        for index in alsaaudio.card_indexes():
+            name = alsaaudio.card_name(index)
+            found.append((int(index), 0, str(name[1] if isinstance(name, tuple) else name)))
+        return found
+    except Exception as exc:
+        log.debug("listing cards through pyalsaaudio failed: %s", exc)
+        return []
+
+
+def list_devices(aplay: str = "aplay", timeout: float = 3.0, via: Optional[str] = None) -> List[Device]:
+    """The "default" PCM, then ``hw:C,D`` and ``plughw:C,D`` for each card in ``aplay -l``
+    (pyalsaaudio's cards when aplay cannot be run and it is installed).
 
     ``hw:`` plays only the formats the hardware takes (often not mono); ``plughw:``
     converts, and its native rates are those of the ``hw:`` device. Never raises.
@@ -161,11 +244,13 @@ def list_devices(aplay: str = "aplay", timeout: float = 3.0) -> List[Device]:
     try:
         default_name = _hw_for(DEFAULT_DEVICE)
         default_rates: Tuple[Tuple[int, ...], RateRange] = ((), None)
-        _, out, _ = _run([aplay, "-l"], timeout)
+        code, out, _ = _run([aplay, "-l"], timeout)
         hardware = parse_aplay_l(out)
+        if code is None and _in_process(via, aplay):
+            hardware = _alsa_cards()
         for card, dev, description in hardware:
             hw = f"hw:{card},{dev}"
-            rates, rate_range = probe_rates(hw, aplay=aplay, timeout=timeout)
+            rates, rate_range = probe_rates(hw, aplay=aplay, timeout=timeout, via=via)
             if hw == default_name:
                 default_rates = (rates, rate_range)
             devices.append(Device(hw, description, rates, rate_range))
@@ -241,10 +326,11 @@ def _hw_for(device: str) -> Optional[str]:
     return None
 
 
-def resolve_sample_rate(setting: Union[int, str], device: str, aplay: str = "aplay") -> int:
+def resolve_sample_rate(setting: Union[int, str], device: str, aplay: str = "aplay",
+                        via: Optional[str] = None) -> int:
     """The sample rate to request from Coze for ``device``.
 
-    An int (or digits) is used as is; "auto" probes the hardware behind ``device``
+    An int (or digits) is used as is; "auto" probes (see probe_rates for ``via``) the hardware behind ``device``
     ("default", "sysdefault[:CARD]", "plughw:X,Y" → "hw:X,Y") and takes the highest Coze
     rate it plays natively, else 48000.
     """
@@ -260,5 +346,5 @@ def resolve_sample_rate(setting: Union[int, str], device: str, aplay: str = "apl
     hw = _hw_for(device)
     if hw is None:
         return DEFAULT_PLAY_RATE
-    rates, _ = probe_rates(hw, aplay=aplay)
+    rates, _ = probe_rates(hw, aplay=aplay, via=via)
     return choose_rate(rates)

@@ -1,7 +1,9 @@
 """Playback of signed 16-bit little-endian mono PCM through ALSA.
 
-One small interface (:class:`Player`) with three back ends:
+One small interface (:class:`Player`) with four back ends:
 
+* :class:`AlsaPlayer` (alsa_player.py) streams in-process through pyalsaaudio: no process
+  to start, and it can keep the device open (warm) between announcements.
 * :class:`AplayPlayer` streams into an ``aplay`` child process (alsa-utils). Playback
   starts with the first chunk, any ALSA device name works, and a crash or hang stays
   in the child: the caller only ever sees a :class:`PlayerError`.
@@ -189,9 +191,13 @@ class Player:
 
     name = "player"
 
-    def __init__(self) -> None:
+    def __init__(self, *, wake_ms: int = 0) -> None:
         self._stop_event = threading.Event()
         self.stopped = False  # True when the last play() ended because of stop()
+        #: Silence played right after the device is opened, so an amplifier or DAC waking from
+        #: standby does not clip the first syllable. Only the alsa player can keep the device
+        #: open between announcements; every other back end opens it for each play.
+        self.wake_ms = max(0, int(wake_ms))
 
     def play(self, chunks: Iterable[bytes], rate: int) -> bool:
         """Play the PCM chunks (whole 16-bit frames) at ``rate``.
@@ -219,6 +225,10 @@ class Player:
         # A stop() that arrives before play() starts is meant for an earlier playback.
         self._stop_event.clear()
         self.stopped = False
+
+    def _wake(self, rate: int) -> bytes:
+        """wake_ms of silence at rate, in whole frames (b"" when wake_ms is 0)."""
+        return bytes(2 * (rate * self.wake_ms // 1000))
 
     def _stopped_result(self) -> bool:
         self.stopped = True
@@ -259,8 +269,8 @@ class NullPlayer(Player):
 
     name = "null"
 
-    def __init__(self, device: str = "null", *, realtime: bool = False, buffer: float = 0.1):
-        super().__init__()
+    def __init__(self, device: str = "null", *, realtime: bool = False, buffer: float = 0.1, wake_ms: int = 0):
+        super().__init__(wake_ms=wake_ms)
         self.device = device
         self.realtime = bool(realtime)
         self.buffer = max(0.0, float(buffer))
@@ -275,9 +285,13 @@ class NullPlayer(Player):
         self.chunks_played = 0
         source = _Source(chunks)
         clock = None  # monotonic time at which the audio accepted so far ends
+        wake = self._wake(rate)  # the device is "opened" for every play
         try:
             while True:
-                kind, chunk = self._next(source)
+                if wake:
+                    kind, chunk, wake = _CHUNK, wake, b""
+                else:
+                    kind, chunk = self._next(source)
                 if kind == _END:
                     break
                 self.bytes_played += len(chunk)

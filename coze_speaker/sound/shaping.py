@@ -1,4 +1,7 @@
-"""Sound shaping at play time: volume, chime, pre-roll silence. Never cached.
+"""Sound shaping at play time: volume and chime. Never cached.
+
+(The silence that wakes a sleeping amplifier is the player's: only it knows whether the
+device was just opened, see ``Player.wake_ms``.)
 
 Pure Python over ``array('h')`` (no numpy on a Pi, ``audioop`` is gone in 3.13): volume is a
 lookup table applied with ``map``, which runs at C speed.
@@ -129,9 +132,8 @@ def resample(samples: array, src_rate: int, dst_rate: int) -> array:
     return out
 
 
-def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optional[bytes] = None,
-          preroll_ms: int = 0) -> Iterator[bytes]:
-    """The stream the player gets: pre-roll silence, then chime, then the speech, all at volume.
+def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optional[bytes] = None) -> Iterator[bytes]:
+    """The stream the player gets: the chime, then the speech, all at volume.
 
     Nothing is yielded before the first speech chunk exists, so a synthesis that fails
     never leaves a lone chime.
@@ -140,8 +142,7 @@ def shape(chunks: Iterable[bytes], *, rate: int, volume: int = 100, chime: Optio
     first = next(speech, None)
     if first is None:
         return
-    lead = silence(rate, preroll_ms) + apply_volume(chime or b"", volume)
-    yield lead + apply_volume(first, volume)
+    yield apply_volume(chime or b"", volume) + apply_volume(first, volume)
     for chunk in speech:
         yield apply_volume(chunk, volume)
 

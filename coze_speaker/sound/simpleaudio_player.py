@@ -41,8 +41,8 @@ class SimpleaudioPlayer(Player):
 
     name = "simpleaudio"
 
-    def __init__(self, device: str = "default", *, retries: int = 3, backoff: float = 0.2):
-        super().__init__()
+    def __init__(self, device: str = "default", *, retries: int = 3, backoff: float = 0.2, wake_ms: int = 0):
+        super().__init__(wake_ms=wake_ms)
         if device not in (None, "", "default"):
             log.warning("simpleaudio always plays on ALSA 'default'; ignoring device %r", device)
         self.device = "default"
@@ -81,6 +81,7 @@ class SimpleaudioPlayer(Player):
                 buf = buf[:-1]  # whole frames only
             if not buf:
                 return True
+            buf = self._wake(rate) + buf  # each play opens the device: a cold start
             last: Optional[PlayerError] = None
             for attempt in range(1, self.retries + 1):
                 self.attempts = attempt

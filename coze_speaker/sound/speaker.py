@@ -1,4 +1,4 @@
-"""Plays one stream of PCM through a player, shaped (chime, pre-roll, volume) for the moment.
+"""Plays one stream of PCM through a player, shaped (chime, volume) for the moment.
 
 The speaker knows nothing of Coze or the cache: it takes chunks and the announcement's
 cancel token, so a stop silences the device whoever asks for it.
@@ -27,10 +27,9 @@ class PlayResult:
 class Speaker:
     """A player with the shaping of the moment; one playback at a time."""
 
-    def __init__(self, player: Player, *, rate: int, preroll_ms: int = 0) -> None:
+    def __init__(self, player: Player, *, rate: int) -> None:
         self.player = player
         self.rate = rate
-        self.preroll_ms = preroll_ms
 
     def play(self, chunks: Iterable[bytes], *, token: CancelToken, volume: int = 100,
              chime: Optional[bytes] = None,
@@ -60,8 +59,7 @@ class Speaker:
         started = time.monotonic()
         unregister = token.on_cancel(self.player.stop)
         try:
-            played = self.player.play(guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime,
-                                                    preroll_ms=self.preroll_ms)), self.rate)
+            played = self.player.play(guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime)), self.rate)
         finally:
             unregister()
         return PlayResult(played=bool(played) and not token.cancelled,
