@@ -287,3 +287,20 @@ def test_connections_are_bounded_and_an_idle_one_is_closed(wyoming_daemon, fake_
             sock.close()
     events, _ = synthesize(port, "Room for everyone again")
     assert audio_of(events)[1] == FakeCoze.pcm_for("Room for everyone again", VOICE, RATE)
+
+
+def test_a_daemon_without_wyoming_loads_none_of_it(tmp_path, fake_coze, broker):
+    """Off by default and imported only when enabled, so the idle daemon's memory is as before."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from coze_speaker.config import load_config; from coze_speaker.app.daemon import Daemon; "
+            "d = Daemon(load_config(sys.argv[1])); "
+            "print(sorted(m for m in sys.modules if m.startswith(('coze_speaker.wyoming', 'coze_speaker.voice.voices'))), "
+            "d.parts.wyoming is None); d.parts.close()")
+    for enabled, expected in ((False, "[] True"), (True, "['coze_speaker.voice.voices', 'coze_speaker.wyoming', "
+                                                          "'coze_speaker.wyoming.info', 'coze_speaker.wyoming.protocol', "
+                                                          "'coze_speaker.wyoming.server'] False")):
+        path = write_config(tmp_path, fake_coze, broker, wyoming={"enabled": enabled, "port": free_port()})
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == expected, out.stderr
