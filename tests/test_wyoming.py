@@ -47,20 +47,26 @@ def exchange(port: int, *events: Event, read_timeout: float = 20.0) -> Tuple[Lis
 
     async def run() -> Tuple[List[Event], bool]:
         got: List[Event] = []
+        client = AsyncTcpClient("127.0.0.1", port)  # timeouts by hand: wyoming 1.7.2 (HA 2026.2) has none
         try:
-            async with AsyncTcpClient("127.0.0.1", port, connect_timeout=5, read_timeout=read_timeout) as client:
-                for event in events:
-                    await client.write_event(event)
-                for _ in range(100_000):
-                    event = await client.read_event()
-                    if event is None:
-                        return got, True
-                    got.append(event)
-                    if AudioStop.is_type(event.type) or Info.is_type(event.type):
-                        return got, False
-                raise AssertionError("no end of the answer after 100 000 events")
+            await asyncio.wait_for(client.connect(), 5)
+            for event in events:
+                await client.write_event(event)
+            for _ in range(100_000):
+                event = await asyncio.wait_for(client.read_event(), read_timeout)
+                if event is None:
+                    return got, True
+                got.append(event)
+                if AudioStop.is_type(event.type) or Info.is_type(event.type):
+                    return got, False
+            raise AssertionError("no end of the answer after 100 000 events")
         except ConnectionResetError:  # closed with our request unread: closed all the same
             return got, True
+        finally:
+            try:
+                await client.disconnect()
+            except ConnectionResetError:
+                pass
 
     return asyncio.run(run())
 
