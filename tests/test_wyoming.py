@@ -310,3 +310,34 @@ def test_a_daemon_without_wyoming_loads_none_of_it(tmp_path, fake_coze, broker):
         path = write_config(tmp_path, fake_coze, broker, wyoming={"enabled": enabled, "port": free_port()})
         out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == expected, out.stderr
+
+
+def test_the_voice_list_is_kept_in_the_state_dir_and_not_fetched_at_every_start(wyoming_daemon, fake_coze, tmp_path):
+    running, port = wyoming_daemon()
+    wait_until(lambda: voices_file(tmp_path).exists(), 10, "the voice list is fetched at start and saved")
+    fetched = len(fake_coze.requests_to(VOICES_PATH))
+    running.stop()
+    fake_coze.start_outage(Fault.http_error(503), VOICES_PATH)  # a restart while Coze is down
+    _, port = wyoming_daemon()
+    events, _ = exchange(port, Describe().event(), read_timeout=HA_INFO_TIMEOUT)
+    assert len(Info.from_event(events[0]).tts[0].voices) == len(fake_coze.voices)
+    assert len(fake_coze.requests_to(VOICES_PATH)) == fetched
+
+
+def test_a_stale_broken_or_foreign_voice_list_is_fetched_anew(fake_coze, tmp_path, caplog):
+    from coze_speaker.coze import CozeClient
+    from coze_speaker.voice.voices import VoiceCatalog
+
+    path = tmp_path / "voices.json"
+    for content in ("{not json", '{"host": "api.coze.cn", "fetched_at": 1e12, "voices": []}',
+                    '{"host": "%s", "fetched_at": 0, "voices": []}' % fake_coze.url.split("//")[1]):
+        path.write_text(content)
+        catalog = VoiceCatalog(CozeClient(fake_coze.token, fake_coze.url, retries=0), path)
+        before = len(fake_coze.requests_to(VOICES_PATH))
+        catalog.start()
+        try:
+            wait_until(lambda: len(catalog.voices()) == len(fake_coze.voices), 10, f"fetched anew after {content!r}")
+        finally:
+            catalog.close()
+        assert len(fake_coze.requests_to(VOICES_PATH)) > before
+    assert "unreadable voice list" in caplog.text

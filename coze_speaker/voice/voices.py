@@ -86,7 +86,7 @@ class VoiceCatalog:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(2)  # a fetch in flight ends on its own (a daemon thread)
         self.client.close()
 
     def _keep_fresh(self) -> None:
