@@ -341,3 +341,14 @@ def test_a_stale_broken_or_foreign_voice_list_is_fetched_anew(fake_coze, tmp_pat
             catalog.close()
         assert len(fake_coze.requests_to(VOICES_PATH)) > before
     assert "unreadable voice list" in caplog.text
+
+
+def test_a_reload_hands_the_port_to_the_new_config(wyoming_daemon, fake_coze):
+    running, port = wyoming_daemon()
+    old = running.daemon.parts
+    running.daemon.request_reload()
+    wait_until(lambda: running.daemon.parts is not old and running.daemon.parts.wyoming.listening.is_set(), 20,
+               "the reloaded config's Wyoming service listens")
+    assert not old.wyoming.listening.is_set()
+    events, _ = synthesize(port, "After the reload")
+    assert audio_of(events)[1] == FakeCoze.pcm_for("After the reload", VOICE, RATE)

@@ -60,7 +60,7 @@ class WyomingServer:
         self.requests = requests
         self.rate = requests.rate
         self.catalog = catalog
-        #: set once the port is bound
+        #: set while the port is bound
         self.listening = threading.Event()
         #: connections turned away because MAX_CONNECTIONS were busy
         self.refused = 0
@@ -146,6 +146,7 @@ class WyomingServer:
                     continue
                 self._admit(sock, peer)
         finally:
+            self.listening.clear()
             listener.close()
 
     def _admit(self, sock: socket.socket, peer: Any) -> None:
