@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own subpackage and anything below):
 base (vocabulary, errors, cancel, fsutil, sdnotify, childenv) < config < sound < cache, coze < voice
-< queue < mqtt < app < cli. docs/architecture.md draws the same picture.
+< queue < mqtt, wyoming < app < cli. docs/architecture.md draws the same picture.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAYERS = {
     "cache": 3, "coze": 3,
     "voice": 4,
     "queue": 5,
-    "mqtt": 6,
+    "mqtt": 6, "wyoming": 6,
     "app": 7,
     "cli": 8, "__main__": 8,
 }

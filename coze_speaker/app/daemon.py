@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .. import __version__, sdnotify
 from ..config import Config, ConfigError, load_config
@@ -29,7 +29,10 @@ from ..queue.worker import Announcer
 from ..sound.players import Player
 from ..sound.speaker import Speaker
 from ..voice.costguard import CostGuard
-from .wiring import Sound, Voice, build_sound, build_voice, play_rate
+from .wiring import Sound, Voice, build_sound, build_voice, play_rate, voice_catalog
+
+if TYPE_CHECKING:
+    from ..wyoming.server import WyomingServer
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,12 @@ class Parts:
     worker: Announcer
     front: MqttFrontEnd
     store: StateStore
+    #: the Wyoming TTS service, when `wyoming.enabled`
+    wyoming: "Optional[WyomingServer]" = None
 
     def close(self) -> None:
+        if self.wyoming is not None:
+            self.wyoming.stop()
         self.voice.close()
         self.sound.close()
 
@@ -115,10 +122,11 @@ class Daemon:
                                journal=Journal(old_journal.with_suffix(".jsonl"), legacy=[old_journal]),
                                volume_store=store)
             front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
+            wyoming = _wyoming(config, voice)
         except BaseException:
             voice.close()
             raise
-        return Parts(config, voice, sound, worker, front, store)
+        return Parts(config, voice, sound, worker, front, store, wyoming)
 
     def _load_journal(self, parts: Parts) -> Restored:
         """What the last run left in the journal (read before the front end takes new messages,
@@ -150,6 +158,8 @@ class Daemon:
         parts.worker.start()
         restored = self._load_journal(parts)
         parts.front.start()
+        if parts.wyoming is not None:
+            parts.wyoming.start()
         self._restore(parts, restored)
         log.info("coze-speaker %s: device %r, %s at %d Hz on %r, broker %s:%d", __version__,
                  self.config.mqtt.device_id, self.player.name, parts.voice.rate, self.config.audio.device,
@@ -226,12 +236,16 @@ class Daemon:
         self._let_it_finish(old.worker)
         pending: List[Announcement] = old.worker.shutdown()
         old.front.stop(offline=False)
+        if old.wyoming is not None:  # a request in flight is cut off; the new one binds the port at once
+            old.wyoming.stop()
         old.voice.close()
         if new.sound.player is not old.sound.player:
             old.sound.close()
         self.parts = new
         new.worker.start()
         new.front.start()
+        if new.wyoming is not None:
+            new.wyoming.start()
         new.front.connected.wait(HANDOVER_WAIT)  # their events go out on the new connection
         for ann in pending:
             new.worker.submit(ann, restored=True)
@@ -247,6 +261,16 @@ class Daemon:
             self._watchdog(interval)
             if self._stop.is_set() or time.monotonic() > limit:
                 return
+
+
+def _wyoming(config: Config, voice: Voice) -> "Optional[WyomingServer]":
+    """The Wyoming TTS service over this config's audio source (not started), or None. Its
+    module is imported only here, so a daemon without it does not load it."""
+    if not config.wyoming.enabled:
+        return None
+    from ..wyoming.server import WyomingServer
+
+    return WyomingServer(config, voice.source, voice.requests, catalog=voice_catalog(config))
 
 
 def _status(text: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 from urllib.parse import urlsplit
 
 from ..cache import PhraseCache
@@ -27,6 +27,9 @@ from ..voice.fallback import EspeakFallback, make_fallback
 from ..voice.request import RequestBuilder
 from ..voice.source import AudioSource
 
+if TYPE_CHECKING:
+    from ..voice.voices import VoiceCatalog
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +46,19 @@ def coze_breaker(config: Config, client: Optional[CozeClient]) -> Optional[Circu
         return None
     probe = CozeClient(coze.token, coze.base_url, timeout=min(coze.timeout, PROBE_TIMEOUT), retries=0)
     return CircuitBreaker(coze.breaker_cooldown, probe=VoiceListProbe(probe))
+
+
+def voice_catalog(config: Config) -> "Optional[VoiceCatalog]":
+    """The account's voice list, saved in `voices-<device_id>.json` in the state dir and kept
+    fresh in the background (None without a token). Its client is its own: one retry, the
+    synthesis client's session stays with the synthesis threads."""
+    from ..voice.voices import VoiceCatalog  # only for the front ends that list voices
+
+    coze = config.coze
+    if not coze.token:
+        return None
+    client = CozeClient(coze.token, coze.base_url, timeout=coze.timeout, retries=1)
+    return VoiceCatalog(client, device_file(config.state.dir, "voices", config.mqtt.device_id))
 
 
 def open_cache(config: Config) -> PhraseCache:

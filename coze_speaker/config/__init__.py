@@ -18,7 +18,7 @@ from .checks import Secret
 from .loader import ConfigError
 from .model import (AUDIO_BACKENDS, FALLBACK_ENGINES, LOG_LEVELS, AudioConfig, CacheConfig, Config, CozeConfig,
                     FallbackConfig, HermesConfig, HomeAssistantConfig, LimitsConfig, LoggingConfig, MqttConfig,
-                    QueueConfig, QuietHours, StateConfig, TlsConfig, reduce_device_id)
+                    QueueConfig, QuietHours, StateConfig, TlsConfig, WyomingConfig, reduce_device_id)
 
 __all__ = [
     "SAMPLE_RATES", "EMOTIONS", "PRIORITIES", "LOG_LEVELS", "AUDIO_BACKENDS", "FALLBACK_ENGINES",
@@ -26,7 +26,7 @@ __all__ = [
     "ConfigError", "Secret",
     "Config", "CozeConfig", "MqttConfig", "TlsConfig", "HomeAssistantConfig", "HermesConfig",
     "AudioConfig", "CacheConfig", "QueueConfig", "LimitsConfig", "QuietHours", "FallbackConfig",
-    "StateConfig", "LoggingConfig",
+    "StateConfig", "LoggingConfig", "WyomingConfig",
     "find_config_path", "load_config", "config_from_dict", "default_config", "config_keys", "reduce_device_id",
 ]
 

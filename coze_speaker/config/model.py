@@ -25,7 +25,7 @@ __all__ = [
     "LOG_LEVELS", "AUDIO_BACKENDS", "FALLBACK_ENGINES",
     "Config", "CozeConfig", "MqttConfig", "TlsConfig", "HomeAssistantConfig", "HermesConfig",
     "AudioConfig", "CacheConfig", "QueueConfig", "LimitsConfig", "QuietHours", "FallbackConfig",
-    "StateConfig", "LoggingConfig", "reduce_device_id",
+    "StateConfig", "LoggingConfig", "WyomingConfig", "reduce_device_id",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -137,6 +137,15 @@ class HermesConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    """The Wyoming TTS service: Coze voices for Home Assistant (no authentication, spends quota)."""
+
+    enabled: bool = key(False, boolean(), "Serve the Coze voices as a Wyoming TTS service (Home Assistant).")
+    host: str = key("0.0.0.0", string(), "Address to listen on; a LAN address or 127.0.0.1, never the internet.")
+    port: int = key(10200, integer(1, 65535), "TCP port of the Wyoming service (Home Assistant's default 10200).")
+
+
+@dataclass(frozen=True)
 class AudioConfig:
     """Where and how audio is played."""
 
@@ -238,6 +247,7 @@ class Config:
     mqtt: MqttConfig = subsection(MqttConfig, "The MQTT broker and this speaker's topics.")
     homeassistant: HomeAssistantConfig = subsection(HomeAssistantConfig, "Home Assistant MQTT discovery.")
     hermes: HermesConfig = subsection(HermesConfig, "Hermes (Rhasspy / Snips) TTS messages.")
+    wyoming: WyomingConfig = subsection(WyomingConfig, "Coze voices as a Wyoming TTS service for Home Assistant.")
     audio: AudioConfig = subsection(AudioConfig, "Audio output, volume and chime.", rules=_audio_rules)
     cache: CacheConfig = subsection(CacheConfig, "The phrase cache.")
     queue: QueueConfig = subsection(QueueConfig, "Waiting announcements.")
