@@ -75,7 +75,7 @@ class WsSession:
     fault: Optional[WsFault] = None
     received: List[dict] = field(default_factory=list)    # the client's events, parsed
     settings: Optional[dict] = None                        # output_audio in force
-    text: str = ""
+    text: str = ""                                         # the text last synthesized (appends joined)
     t_complete: Optional[float] = None                     # input_text_buffer.complete received
     t_first_audio: Optional[float] = None                  # first speech.audio.update written
     audio_bytes: int = 0                                   # pcm bytes sent (decoded)
@@ -114,6 +114,7 @@ class WsServerSession:
         self.fault = record.fault
         self._write_lock = threading.Lock()
         self._ids = 0
+        self._buffer = ""
 
     # -- framing ------------------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class WsServerSession:
                 if not isinstance(delta, str):
                     self.send_error(4000, "delta must be a string")
                     continue
-                self.rec.text += delta
+                self._buffer += delta
             elif kind == "input_text_buffer.complete":
                 self.rec.t_complete = time.monotonic()
                 self.send_event("input_text_buffer.completed")
@@ -322,7 +323,8 @@ class WsServerSession:
 
     def _synthesize(self) -> None:
         fake, fault, rec = self.fake, self.fault, self.rec
-        text, rec.text = rec.text, ""
+        text, self._buffer = self._buffer, ""
+        rec.text = text
         if not text.strip():
             self.send_error(4000, "input is required")
             return

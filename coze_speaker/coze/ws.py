@@ -23,7 +23,7 @@ import json
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional
 from urllib.parse import urlsplit
 
 from .. import __version__
@@ -202,9 +202,14 @@ class WsSpeechStream:
             self.requests += 1
             watchdog.watch(cut=ws.abort)
             ws.settimeout(self._client.timeout)
-            self._send(ws, "speech.update", speech_update(self.params))
-            self._send(ws, "input_text_buffer.append", {"delta": self._text})
-            self._send(ws, "input_text_buffer.complete")
+            try:
+                self._send(ws, "speech.update", speech_update(self.params))
+                self._send(ws, "input_text_buffer.append", {"delta": self._text})
+                self._send(ws, "input_text_buffer.complete")
+            except CozeError as broke:
+                # Coze may have said why before it closed (a token lacking a permission is
+                # accepted, sent an error event and closed): read what already arrived
+                self._raise_what_coze_said(ws, watchdog, broke)
             yield from self._read(ws, skip, watchdog)
         finally:
             watchdog.stop()
@@ -271,6 +276,17 @@ class WsSpeechStream:
                 if isinstance(detail, dict) and detail.get("logid"):
                     self.logid = str(detail["logid"])
                 yield event
+
+    def _raise_what_coze_said(self, ws: Any, watchdog: Watchdog, broke: CozeError) -> NoReturn:
+        """Sending failed: raise the error event Coze sent before it closed, else `broke`."""
+        try:
+            for event in self._events(ws, watchdog, lambda: 0):
+                if event.get("event_type") == "error":
+                    raise self._error(_mapping(event.get("data")))
+        except CozeError as exc:
+            if isinstance(exc.code, int):
+                raise
+        raise broke
 
     def _read(self, ws: Any, skip: int, watchdog: Watchdog) -> Iterator[bytes]:
         frames = PcmFramer(expected_rate=self.params.sample_rate)
