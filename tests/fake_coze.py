@@ -1028,8 +1028,8 @@ class FakeCoze:
         stall_at = fault.stall_after if fault is not None and fault.stall_after is not None else None
 
         if self.synthesis is not None:  # the whole text is synthesized before anything is sent
-            base, per_char = self.synthesis
-            self._sleep(base + per_char * len(p["input"]))
+            base, per_char = self.synthesis  # (from the request's arrival: making the audio counts)
+            self._sleep(base + per_char * len(p["input"]) - (time.monotonic() - rec.t))
         self._sleep(self.headers_delay)
         self._base_headers(h, 200, AUDIO_CONTENT_TYPES[fmt], logid, fault)
         if chunked:

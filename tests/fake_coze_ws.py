@@ -342,7 +342,8 @@ class WsServerSession:
         audio = fake.audio_for(text, settings["voice_id"], "pcm", rate, speed, emotion, 0)
         if fault is not None and fault.hang:
             fake._sleep(fault.hang)
-        fake._sleep(fake.ws_first_audio)
+        # first audio ws_first_audio after the text was complete (making the audio counts)
+        fake._sleep(fake.ws_first_audio - (time.monotonic() - (rec.t_complete or time.monotonic())))
         extra = list(fault.extra_events) if fault is not None else []
         self.send_event("conversation.audio.sentence_start", {"text": text})
         for event in extra[:1]:
