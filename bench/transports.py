@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (RATE, BenchFake, Client, DaemonProcess, StampSink, daemon_config, rss_kib,  # noqa: E402
                      start_broker, which)
 from mqtt_helpers import free_port  # noqa: E402  (tests/mqtt_helpers.py)
+from run import code_version, machine_info  # noqa: E402  (bench/run.py: what ran, on what)
 
 HEADING = "## Transports: first audio on a miss against text length"
 GAP = 0.1  # idle time before each timed publish, as in bench/run.py
@@ -241,8 +242,11 @@ def markdown(columns: List[Column], *, n: int, quick: bool, seconds: float, png:
              before: Optional[tuple], lengths: tuple) -> str:
     by = {c.name: c for c in columns}
     lines = [HEADING, ""]
+    code, info = code_version(), machine_info()
     lines.append(
-        f"`python bench/transports.py{' --quick' if quick else ''}` ({seconds:.0f} s). The daemon as a process, aplay "
+        f"`python bench/transports.py{' --quick' if quick else ''}` on {code['head']}"
+        f"{' (+ working tree)' if code['dirty'] == 'yes' else ''}, {info['nproc']} × {info['cpu']}, Python "
+        f"{info['python']} ({seconds:.0f} s). The daemon as a process, aplay "
         f"into the timestamping ALSA sink at {RATE // 1000} kHz; the fake Coze modelling both services: HTTP answers "
         f"once the whole text is synthesized ({HTTP_MODEL[0] * 1000:.0f} ms + {HTTP_MODEL[1] * 1000:.0f} ms per "
         f"character), the WebSocket API sends its first audio {WS_FIRST_AUDIO * 1000:.0f} ms after the text is "

@@ -371,6 +371,22 @@ def test_cache_warm_uses_http_without_the_extra_request(make_config):
         assert warm.source.transport == "websocket"
 
 
+# -- the fake's model of both services ----------------------------------------------------------
+
+def test_the_fake_models_synchronous_http_and_a_streaming_websocket(fake_coze):
+    """Lower bounds only: HTTP's headers wait for the whole text, the WebSocket's first audio
+    for the fixed delay after the text is complete."""
+    fake_coze.model_services(http=(0.05, 0.002), ws_first_audio=0.2, ws_realtime_factor=None)
+    client = CozeClient(TOKEN, fake_coze.url)
+    text = "x" * 200
+    assert client.speech(text, SpeechParams(VOICE)).read_all() == pcm(text)
+    timing = fake_coze.speech_log[-1]
+    assert timing.t_headers - timing.t_request >= 0.05 + 0.002 * len(text)
+    assert client.speech(text, SpeechParams(VOICE), transport="websocket").read_all() == pcm(text)
+    session = fake_coze.ws_sessions[-1]
+    assert session.t_first_audio - session.t_complete >= 0.2
+
+
 # -- footprint ---------------------------------------------------------------------------------
 
 def test_the_websocket_library_is_loaded_only_when_used():
