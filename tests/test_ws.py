@@ -272,8 +272,11 @@ def test_an_upgrade_refused_with_a_coze_envelope_is_final(make_source, fake_coze
 
 def test_late_first_audio_is_cut_off_then_auto_asks_over_http(make_source, fake_coze):
     fake_coze.add_ws_fault(WsFault(hang=30))
-    audio, speech = play(make_source("auto", first_audio_timeout=1), request())
+    source = make_source("auto", first_audio_timeout=1)
+    audio, speech = play(source, request())
     assert audio == pcm(TEXT) and len(http_speech(fake_coze)) == 1 and speech.api_calls == 2
+    play(source, request("The next one does not wait for it again"))  # the endpoint is skipped for a while
+    assert len(fake_coze.ws_sessions) == 1 and len(http_speech(fake_coze)) == 2
 
 
 def test_audio_slower_than_half_real_time_is_cut_off(make_source, fake_coze):

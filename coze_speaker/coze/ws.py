@@ -99,7 +99,8 @@ def speech_update(params: SpeechParams) -> dict:
 class WebSocketUnusable(CozeError):
     """The WebSocket API failed before any audio in a way HTTP may not (unreachable, upgrade
     refused, closed, late, a retryable error): with ``coze.transport: auto`` the caller asks
-    over HTTP instead. ``refused`` says the endpoint itself could not be used."""
+    over HTTP instead. ``refused`` says the endpoint itself failed (not a Coze error code):
+    it is skipped for WS_RETRY_AFTER seconds."""
 
     def __init__(self, cause: CozeError, *, refused: bool) -> None:
         self.cause = cause
@@ -159,7 +160,11 @@ class WsSpeechStream:
                 return
             except CozeError as exc:
                 if self._fallback and not delivered and (isinstance(exc, _Refused) or exc.retryable):
-                    raise WebSocketUnusable(exc, refused=isinstance(exc, _Refused)) from None
+                    # a session that broke or stayed silent (not a Coze error code) will likely do so
+                    # again: skip the endpoint for a while rather than pay the wait each time
+                    if not isinstance(exc, _Refused) and not isinstance(exc.code, int):
+                        self._client.websocket_refused(exc)
+                    raise WebSocketUnusable(exc, refused=not isinstance(exc.code, int)) from None
                 if not exc.retryable or attempt >= self._client.retries:
                     raise
                 attempt += 1
