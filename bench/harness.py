@@ -362,7 +362,10 @@ class Client:
 def daemon_config(path: Path, *, fake: FakeCoze, broker_port: int, device: str, cache_dir: Path,
                   state_dir: Path, backend: str = "aplay", **sections) -> Path:
     data = {
-        "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 15},
+        # the figures of bench/run.py and bench/breaker.py model the HTTP endpoint (TTFB, then
+        # streaming): pinned to it; bench/transports.py compares the transports
+        "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 15,
+                 "transport": "http", "first_sentence_first": False},
         "mqtt": {"host": "127.0.0.1", "port": broker_port, "device_id": device},
         "audio": {"backend": backend, "sample_rate": RATE, "chime": "none", "wake_ms": 0},
         "cache": {"dir": str(cache_dir), "max_size_mb": 4000},

@@ -37,6 +37,12 @@ AUDIO_BACKENDS = ("auto", "alsa", "aplay", "simpleaudio", "null")
 #: Coze's circuit breaker doubles its cool-down after each failed check up to this (seconds),
 #: or up to `coze.breaker_cooldown` when that is longer.
 BREAKER_MAX_COOLDOWN = 120.0
+#: `coze.transport` choices: http (POST /v1/audio/speech), websocket (Coze's streaming speech
+#: API) or auto (the WebSocket API for what is played on a miss, HTTP when it cannot be used).
+TRANSPORTS = ("http", "websocket", "auto")
+#: After the WebSocket endpoint could not be reached (or refused the upgrade), `auto` speaks
+#: over HTTP for this many seconds before it tries the WebSocket API again.
+WS_RETRY_AFTER = 300.0
 #: Events that end an announcement (exactly one per accepted announcement).
 FINAL_EVENTS = frozenset({"finished", "failed", "expired", "dropped", "interrupted"})
 
@@ -60,6 +66,8 @@ def _fmt(n: Union[int, float]) -> str:
 
 #: Speaking rate (Coze `speed`).
 SPEED = Range(0.2, 3.0)
+#: Speeds the WebSocket API can express (its speech_rate -50..100 is 0.5x..2x).
+WS_SPEED = Range(0.5, 2.0)
 #: Emotion intensity (Coze `emotion_scale`).
 EMOTION_SCALE = Range(1, 5)
 #: Loudness (Coze `loudness_rate`), whole numbers.

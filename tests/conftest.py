@@ -31,7 +31,10 @@ def make_config(tmp_path, monkeypatch, fake_coze):
         import yaml
 
         data = {
-            "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 2, "timeout": 5},
+            # the suites written for the HTTP endpoint pin it (and one request per piece);
+            # test_ws.py and test_faults_ws.py cover the defaults (transport auto, first sentence first)
+            "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 2, "timeout": 5,
+                     "transport": "http", "first_sentence_first": False},
             "audio": {"sample_rate": 24000},
             "cache": {"dir": str(tmp_path / "cache")},
             "state": {"dir": str(tmp_path / "state")},

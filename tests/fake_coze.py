@@ -15,6 +15,12 @@ per path, or applied to every request while an outage lasts (``start_outage``,
 ``end_outage``); ``stop()`` then ``come_back()`` refuses connections for a while
 and listens again on the same port.
 
+The WebSocket speech endpoint (``GET /v1/audio/speech`` upgraded, on the same port) lives in
+``fake_coze_ws.py``; its sessions are recorded in ``ws_sessions``, not in ``requests``.
+``model_services()`` makes both answer like the real services do: HTTP only once the whole
+text is "synthesized" (100 ms + 4 ms per character), the WebSocket's first audio 350 ms
+after the text is complete, then ~7x real time.
+
 Usage::
 
     with FakeCoze() as fake:
@@ -45,9 +51,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from fake_coze_ws import WsFault, WsServerSession, WsSession, is_upgrade
+
 __all__ = [
     "FakeCoze",
     "Fault",
+    "WsFault",
+    "WsSession",
     "RecordedRequest",
     "SpeechTiming",
     "SPEECH_PATH",
@@ -490,6 +500,10 @@ class FakeCoze:
 
     #: HTTP status used for JSON error envelopes produced by validation; codes not listed -> 200.
     DEFAULT_ERROR_HTTP_STATUS = {4000: 400, 4100: 401}
+    SAMPLE_RATES = SAMPLE_RATES
+    EMOTIONS = EMOTIONS
+    MAX_INPUT_BYTES = MAX_INPUT_BYTES
+    Aborted = _Aborted
 
     def __init__(self, token: str = "pat_fake_token_123", voices: Optional[List[dict]] = None,
                  n_voices: int = 250):
@@ -513,6 +527,17 @@ class FakeCoze:
         self.chunk_bytes = 4096
         self.chunk_delay = 0.0        # seconds between body chunks
         self.chunked = True           # True: Transfer-Encoding: chunked, False: Content-Length
+        #: (base, per character) seconds of "synthesis" before a speech answer's headers, or None
+        self.synthesis: Optional[Tuple[float, float]] = None
+
+        # the WebSocket speech endpoint (fake_coze_ws.py)
+        self.ws_sessions: List[WsSession] = []
+        self.ws_errors: List[str] = []      # exceptions inside the fake's WebSocket code (a bug)
+        self.ws_first_audio = 0.0     # seconds from input_text_buffer.complete to the first audio
+        self.ws_chunk_ms = 250        # ms of audio per speech.audio.update
+        self.ws_realtime_factor: Optional[float] = None  # audio sent at this x real time; None: at once
+        self.ws_outage: Optional[WsFault] = None         # every session gets this fault while set
+        self._ws_faults: Deque[WsFault] = deque()
 
         # fidelity knobs
         self.error_http_status: Dict[int, int] = dict(self.DEFAULT_ERROR_HTTP_STATUS)
@@ -598,6 +623,7 @@ class FakeCoze:
     def reset_records(self) -> None:
         """Forget recorded requests, speech timings and clones (voices and faults are kept)."""
         with self._lock:
+            self.ws_sessions.clear()
             self.requests.clear()
             self.speech_log.clear()
             self.clones.clear()
@@ -621,6 +647,25 @@ class FakeCoze:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    def add_ws_fault(self, *faults: WsFault) -> None:
+        """Queue faults for the next WebSocket sessions, one per session, FIFO."""
+        with self._lock:
+            self._ws_faults.extend(faults)
+
+    def model_services(self, http: Tuple[float, float] = (0.1, 0.004), ws_first_audio: float = 0.35,
+                       ws_realtime_factor: Optional[float] = 7.0) -> None:
+        """Answer like the real services: HTTP once the whole text is synthesized (base +
+        per character seconds), the WebSocket's first audio `ws_first_audio` s after the text
+        is complete, then at `ws_realtime_factor` x real time (a real session: ~7x)."""
+        self.synthesis = http
+        self.ws_first_audio = ws_first_audio
+        self.ws_realtime_factor = ws_realtime_factor
+
+    def ws_sessions_with_text(self) -> List[WsSession]:
+        """Sessions that got as far as sending their text."""
+        with self._lock:
+            return [s for s in self.ws_sessions if s.t_complete is not None]
 
     def start_outage(self, fault: Fault, *paths: str) -> None:
         """Until end_outage(), every request to these paths (all paths when none are given)
@@ -808,6 +853,9 @@ class FakeCoze:
         path = split.path
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         headers = {k.lower(): v for k, v in h.headers.items()}
+        if path == SPEECH_PATH and is_upgrade(h):
+            self._websocket(h, t, path, headers)
+            return
         try:
             body = self._read_body(h)
         except (_Aborted, ValueError, OSError):
@@ -909,9 +957,25 @@ class FakeCoze:
         return None
 
     def _authorized(self, rec: RecordedRequest) -> bool:
-        auth = rec.headers.get("authorization", "")
+        return self._authorized_header(rec.headers.get("authorization", ""))
+
+    def _authorized_header(self, auth: str) -> bool:
         scheme, _, tok = auth.partition(" ")
         return scheme.lower() == "bearer" and tok.strip() == self.token and bool(self.token)
+
+    @staticmethod
+    def default_msg(code: int) -> str:
+        return _default_msg(code)
+
+    def _websocket(self, h: _Handler, t: float, path: str, headers: Dict[str, str]) -> None:
+        """One WebSocket session on this connection (fake_coze_ws.py)."""
+        with self._lock:
+            fault = self.ws_outage if self.ws_outage is not None else (
+                self._ws_faults.popleft() if self._ws_faults else None)
+            record = WsSession(t_connect=t, headers=headers, path=path, logid=self.new_logid(), fault=fault)
+            self.ws_sessions.append(record)
+        h.close_connection = True
+        WsServerSession(self, h, record).run()
 
     @staticmethod
     def _envelope(code: int, msg: str, logid: str) -> dict:
@@ -963,6 +1027,9 @@ class FakeCoze:
         limit = fault.truncate_after if fault is not None and fault.truncate_after is not None else None
         stall_at = fault.stall_after if fault is not None and fault.stall_after is not None else None
 
+        if self.synthesis is not None:  # the whole text is synthesized before anything is sent
+            base, per_char = self.synthesis  # (from the request's arrival: making the audio counts)
+            self._sleep(base + per_char * len(p["input"]) - (time.monotonic() - rec.t))
         self._sleep(self.headers_delay)
         self._base_headers(h, 200, AUDIO_CONTENT_TYPES[fmt], logid, fault)
         if chunked:

@@ -30,7 +30,10 @@ RATE = 24000
 
 def write_config(tmp_path, fake_coze, broker, **sections):
     data = {
-        "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 5},
+        # the suites written for the HTTP endpoint pin it (and one request per piece);
+        # test_faults_ws.py covers the defaults (transport auto, first sentence first)
+        "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 5,
+                 "transport": "http", "first_sentence_first": False},
         "mqtt": {"host": "127.0.0.1", "port": broker.port, "device_id": D, "groups": ["kitchen"]},
         "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none", "wake_ms": 0},
         "cache": {"dir": str(tmp_path / "cache")},

@@ -115,10 +115,19 @@ class Voice:
         self.close()
 
 
+def transport(config: Config, *, plays: bool = True) -> str:
+    """How a miss is fetched: `coze.transport`, except that `auto` means HTTP for what is not
+    played (`cache warm`: nobody waits for its first audio, and HTTP has the fewest unknowns)."""
+    chosen = config.coze.transport
+    return "http" if chosen == "auto" and not plays else chosen
+
+
 def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
-                warn_without_token: bool = False, offline_voice: bool = True) -> Voice:
+                warn_without_token: bool = False, offline_voice: bool = True, plays: bool = True) -> Voice:
     """The audio source and its parts; closes what it built if a later part fails.
-    Without offline_voice (`cache warm`), a phrase Coze cannot speak fails instead."""
+    Without offline_voice (`cache warm`), a phrase Coze cannot speak fails instead. Without
+    plays (`cache warm` again), misses are fetched for the cache only: `auto` goes over HTTP
+    and first_sentence_first (an extra request for earlier sound) is off."""
     fallback = make_fallback(config.fallback) if offline_voice else None
     client = coze_client(config)
     if client is None and warn_without_token:
@@ -134,7 +143,8 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
         raise
     guard = cost_guard(config, guard)
     source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc,
-                         breaker=coze_breaker(config, client))
+                         breaker=coze_breaker(config, client), transport=transport(config, plays=plays),
+                         first_sentence_first=plays and config.coze.first_sentence_first)
     return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate))
 
 

@@ -324,7 +324,7 @@ def cmd_cache_warm(args: argparse.Namespace, load: Loader) -> int:
         phrases = read_phrases(args.file)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    with build_voice(config, rate=play_rate(config), offline_voice=False) as voice:
+    with build_voice(config, rate=play_rate(config), offline_voice=False, plays=False) as voice:
         report = warm(voice.requests, voice.source, phrases, progress=sys.stderr.isatty())
     print(report.summary())
     return 1 if report.failed else 0

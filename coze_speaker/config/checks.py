@@ -386,12 +386,15 @@ def list_of(inner: Checker) -> Checker:
     return check
 
 
-def url() -> Checker:
-    """An http(s) URL, without trailing slashes."""
+def url(schemes: Tuple[str, ...] = ("http", "https")) -> Checker:
+    """A URL with one of these schemes (http or https by default), without trailing slashes."""
+    pattern = re.compile(rf"^(?:{'|'.join(map(re.escape, schemes))})://[^/\s]+")
+    shown = ("an " if schemes[0].startswith("h") else "a ") + " or ".join(f"{s}://" for s in schemes)
+
     def check(v: Value, ctx: Context, path: str) -> str:
         s = string()(v, ctx, path).strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", s):
-            raise Invalid(f"{s!r} must be an http:// or https:// URL")
+        if not pattern.match(s):
+            raise Invalid(f"{s!r} must be {shown} URL")
         return s
     return check
 

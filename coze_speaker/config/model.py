@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Tuple, Union
 
 from ..vocabulary import (AUDIO_BACKENDS, BREAKER_MAX_COOLDOWN, EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES,
-                          SAMPLE_RATES, SPEED, VOLUME)
+                          SAMPLE_RATES, SPEED, TRANSPORTS, VOLUME, WS_RETRY_AFTER)
 from .checks import (Secret, boolean, integer, list_of, null_as, number, one_of, optional, path, pattern, secret,
                      string, time_of_day, topic, url, word_or)
 from .loader import flag_or_section, key, subsection
@@ -80,6 +80,12 @@ class CozeConfig:
     retries: int = key(3, integer(0, 10), "Retries of a request that can succeed later, 0 to 10.")
     breaker_cooldown: float = key(15.0, number(0, 3600),
                                   f"Seconds Coze counts as down after retries failed (doubles, up to {BREAKER_MAX_COOLDOWN:g} s); 0 = off.")
+    transport: str = key("auto", one_of(*TRANSPORTS),
+                         f"http, websocket, or auto (WebSocket for played misses; HTTP {WS_RETRY_AFTER:g} s if unreachable).")
+    ws_url: Optional[str] = key(None, optional(url(("ws", "wss"))),
+                                "WebSocket speech endpoint; null = derived from base_url (api.coze.cn: ws.coze.cn).")
+    first_sentence_first: bool = key(True, boolean(),
+                                     "HTTP: a missed text's first sentence is asked alone (+1 request) and plays sooner.")
 
 
 @dataclass(frozen=True)

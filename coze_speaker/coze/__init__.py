@@ -1,8 +1,9 @@
-"""Coze's audio API: the client (client.py), one synthesis as a stream (stream.py) and its
-time bounds (watchdog.py), what a request may hold (params.py), reading the answers
-(responses.py) and the errors (errors.py).
+"""Coze's audio API: the client (client.py), one synthesis as a stream over HTTP (stream.py)
+or over the WebSocket speech API (ws.py) and its time bounds (watchdog.py), what a request
+may hold (params.py), reading the answers (responses.py) and the errors (errors.py).
 
-`requests` is imported on the first request, so a daemon with a warm cache never loads it.
+`requests` and `websocket` are imported on the first request, so a daemon with a warm cache
+never loads them.
 """
 
 from .client import CONNECT_TIMEOUT, CozeClient
@@ -11,9 +12,11 @@ from .params import (CLONE_FORMATS, CLONE_LANGUAGES, MAX_CLONE_BYTES, MAX_VOICE_
                      RESPONSE_FORMATS, VOICE_STATES, SpeechParams, validate_input)
 from .responses import RETRYABLE_CODES
 from .stream import SpeechStream
+from .ws import WebSocketUnusable, WsSpeechStream, speech_rate, ws_unsupported, ws_url_for
 
 __all__ = [
     "CozeClient", "CozeError", "CozeValidationError", "SpeechParams", "SpeechStream", "validate_input",
+    "WebSocketUnusable", "WsSpeechStream", "speech_rate", "ws_unsupported", "ws_url_for",
     "CONNECT_TIMEOUT", "RETRYABLE_CODES", "RESPONSE_FORMATS", "CLONE_FORMATS", "CLONE_LANGUAGES",
     "MAX_CLONE_BYTES", "MAX_VOICE_NAME_BYTES", "MODEL_TYPES", "VOICE_STATES",
 ]

@@ -15,18 +15,20 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from .. import __version__
-from ..vocabulary import MAX_RETRY_AFTER
+from ..vocabulary import MAX_RETRY_AFTER, TRANSPORTS, WS_RETRY_AFTER
 from .errors import STALE, CozeError, CozeValidationError
 from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
-from .responses import MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of, requests_module
+from .responses import (CONNECT_TIMEOUT, MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of,
+                        requests_module)
 from .stream import Remaining, SpeechStream
+from .ws import WsSpeechStream, ws_unsupported, ws_url_for
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 5.0
+__all__ = ["CONNECT_TIMEOUT", "CozeClient"]
 
 
 class CozeClient:
@@ -44,9 +46,14 @@ class CozeClient:
         max_backoff: float = 8.0,
         session: Optional[requests.Session] = None,
         sleep: Callable[[float], None] = time.sleep,
+        ws_url: Optional[str] = None,
     ) -> None:
         self._token = token.reveal() if hasattr(token, "reveal") else token
         self.base_url = base_url.rstrip("/")
+        #: the WebSocket speech endpoint (derived from base_url unless given)
+        self.ws_url = (ws_url or ws_url_for(self.base_url)).rstrip("/")
+        #: monotonic time until which `auto` skips the WebSocket API (it could not be reached)
+        self._ws_down_until = 0.0
         self.timeout = timeout
         self.first_audio_timeout = first_audio_timeout
         self.retries = retries
@@ -67,7 +74,8 @@ class CozeClient:
     def from_config(cls, coze_config: Any, **kwargs: Any) -> "CozeClient":
         """A client for the `coze:` section of the configuration."""
         return cls(coze_config.token, coze_config.base_url, timeout=coze_config.timeout,
-                   first_audio_timeout=coze_config.first_audio_timeout, retries=coze_config.retries, **kwargs)
+                   first_audio_timeout=coze_config.first_audio_timeout, retries=coze_config.retries,
+                   ws_url=coze_config.ws_url, **kwargs)
 
     @property
     def host(self) -> str:
@@ -101,8 +109,8 @@ class CozeClient:
         emotion_scale: Optional[float] = None,
         loudness_rate: int = 0,
         context_texts: Optional[str] = None,
-    ) -> SpeechStream:
-        """Start synthesizing text; iterate the result for audio chunks as they arrive.
+    ) -> Union[SpeechStream, WsSpeechStream]:
+        """Start synthesizing text (over HTTP); iterate the result for audio chunks as they arrive.
 
         Raises CozeValidationError at once (before any request) for a parameter Coze would
         reject; nothing is sent until the stream is iterated.
@@ -112,18 +120,41 @@ class CozeClient:
         return self.speech(text, params)
 
     def speech(self, text: str, params: SpeechParams, *, remaining: Optional[Remaining] = None,
-               before_request: Optional[Callable[[], None]] = None) -> SpeechStream:
+               before_request: Optional[Callable[[], None]] = None,
+               transport: str = "http") -> Union[SpeechStream, WsSpeechStream]:
         """synthesize() for callers that already hold a SpeechParams.
 
         `remaining` gives the seconds left until the caller's deadline (an announcement's
         TTL): no request is sent, and no retry waited for, past it. `before_request` is called
-        before every HTTP request, retries included: it counts them, and raising a CozeError
-        there (a spending cap) sends nothing.
+        before every request (an HTTP request or a WebSocket session), retries included: it
+        counts them, and raising a CozeError there (a spending cap) sends nothing billable.
+        `transport` (see uses_websocket): with "auto" a WebSocket failure before any audio
+        raises WebSocketUnusable, for the caller to ask over HTTP.
         """
         validate_input(text)
         params.validate()
         self._require_token()
+        if self.uses_websocket(params, transport):
+            return WsSpeechStream(self, self.ws_url, text, params, remaining=remaining,
+                                  before_request=before_request, fallback=transport == "auto")
         return SpeechStream(self, text, params, remaining=remaining, before_request=before_request)
+
+    def uses_websocket(self, params: SpeechParams, transport: str) -> bool:
+        """Whether speech() goes over the WebSocket API: never for "http"; for "websocket" and
+        "auto" when it can voice the parameters exactly (no loudness, no context, a speed it
+        can express); for "auto" not while the endpoint counts as unreachable."""
+        if transport not in TRANSPORTS:
+            raise CozeValidationError("transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if transport == "http" or ws_unsupported(params) is not None:
+            return False
+        return transport == "websocket" or time.monotonic() >= self._ws_down_until
+
+    def websocket_refused(self, exc: CozeError) -> None:
+        """The WebSocket endpoint could not be reached or refused the upgrade: `auto` speaks
+        over HTTP for the next WS_RETRY_AFTER seconds instead of paying for it each time."""
+        if time.monotonic() >= self._ws_down_until:
+            log.warning("%s; transport auto speaks over HTTP for the next %g s", exc, WS_RETRY_AFTER)
+        self._ws_down_until = time.monotonic() + WS_RETRY_AFTER
 
     # -- voices -----------------------------------------------------------------------
 

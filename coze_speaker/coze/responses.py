@@ -24,6 +24,8 @@ def requests_module():
     return requests
 
 
+#: Seconds to establish a connection to Coze (HTTP or WebSocket); coze.timeout bounds reads.
+CONNECT_TIMEOUT = 5.0
 #: Coze codes worth another try after a pause; everything else is final.
 RETRYABLE_CODES = frozenset({5000, 4009, 4020})
 #: HTTP statuses worth another try (besides every 5xx).

@@ -102,7 +102,7 @@ class SpeechStream:
     def _read(self, response: requests.Response, skip: int, watchdog: Watchdog) -> Iterator[bytes]:
         requests = requests_module()
         expected = response.headers.get("Content-Length")
-        frames = _PcmFramer(expected_rate=self.params.sample_rate) if self.params.response_format == "pcm" else None
+        frames = PcmFramer(expected_rate=self.params.sample_rate) if self.params.response_format == "pcm" else None
         received = 0
         to_skip = skip
         try:
@@ -176,7 +176,7 @@ class SpeechStream:
         return self.params.body(self._text)
 
 
-class _PcmFramer:
+class PcmFramer:
     """Hands out whole 16-bit frames and strips a WAV header if Coze sent one anyway."""
 
     def __init__(self, expected_rate: int) -> None:

@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..vocabulary import MIN_STREAM_SPEED
 from .errors import STALE, CozeError
@@ -44,19 +44,23 @@ class Watchdog:
         self._received = 0
         self._done = False
         self._response: Optional["requests.Response"] = None
+        self._cut: Optional[Callable[[], None]] = None
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         #: why the attempt was cut off (a CozeError to raise), None while it is in time
         self.verdict: Optional[CozeError] = None
 
-    def watch(self, response: "requests.Response") -> None:
-        """Start watching the answer; the time since the request was sent already counts, so
-        an answer whose headers came too late raises its verdict here."""
+    def watch(self, response: Optional["requests.Response"] = None, *,
+              cut: Optional[Callable[[], None]] = None) -> None:
+        """Start watching the answer (an HTTP response, or any connection that `cut` ends from
+        another thread); the time since the request was sent already counts, so an answer
+        whose headers came too late raises its verdict here."""
         with self._cond:
             self._response = response
+            self._cut = cut
             late = self._judge(time.monotonic())
         if late:
-            _shut_down(response)
+            self._cut_off(response, cut)
             self.raise_verdict()
         self._thread = threading.Thread(target=self._run, name="coze-speaker-watchdog", daemon=True)
         self._thread.start()
@@ -120,13 +124,19 @@ class Watchdog:
             while not self._done:
                 now = time.monotonic()
                 if self._judge(now):
-                    response = self._response
+                    response, cut = self._response, self._cut
                     break
                 self._cond.wait(min(self._due() - now, 3600.0))
             else:
                 return
         log.debug("cutting off a late Coze answer: %s", self.verdict)
-        if response is not None:
+        self._cut_off(response, cut)
+
+    @staticmethod
+    def _cut_off(response: Optional["requests.Response"], cut: Optional[Callable[[], None]]) -> None:
+        if cut is not None:
+            cut()
+        elif response is not None:
             _shut_down(response)
 
 

@@ -5,6 +5,14 @@ streams missing ones from Coze into the player and the cache at the same time, a
 later pieces while earlier ones play. When Coze cannot speak a piece, the offline voice
 (if configured) does; while the circuit breaker says Coze is down, a missing piece goes to
 the offline voice at once. The announcement's cancel token stops the producer.
+
+A missing piece goes over the source's transport (`coze.transport`): the WebSocket API
+streams while it synthesizes; with `auto`, a WebSocket failure before any audio is asked
+over HTTP instead. Over HTTP, which answers only once the whole text is synthesized, the
+first piece of several sentences asks for its first sentence alone
+(`coze.first_sentence_first`) and then for the rest. Either way the audio is cached whole,
+under the piece's one key: the key names the request (text, voice, rate…), not how it
+travelled, so a repeat is one cache hit whichever transport voiced it first.
 """
 
 from __future__ import annotations
@@ -14,13 +22,14 @@ import queue
 import threading
 from typing import Iterator, Optional, Union
 
-from ..cache import CacheError, PhraseCache, cache_key
+from ..cache import CacheError, CacheWriter, PhraseCache, cache_key
 from ..cancel import CancelToken
-from ..coze import CozeClient, CozeError, CozeValidationError
+from ..coze import CozeClient, CozeError, CozeValidationError, WebSocketUnusable
 from .breaker import CircuitBreaker
 from .costguard import CostGuard
 from .fallback import EspeakFallback, FallbackError
 from .request import SpeechRequest
+from .textsplit import first_sentence
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +45,13 @@ class AudioSource:
     def __init__(self, client: Optional[CozeClient], cache: Optional[PhraseCache], *,
                  guard: Optional[CostGuard] = None, host: Optional[str] = None,
                  fallback: Optional[EspeakFallback] = None,
-                 breaker: Optional[CircuitBreaker] = None) -> None:
+                 breaker: Optional[CircuitBreaker] = None,
+                 transport: str = "http", first_sentence_first: bool = False) -> None:
         self.client = client
+        #: how a miss is fetched (`coze.transport`: http, websocket or auto)
+        self.transport = transport
+        #: over HTTP, a miss of several sentences asks for its first sentence alone first
+        self.first_sentence_first = first_sentence_first
         self.cache = cache
         self.guard = guard
         self.fallback = fallback
@@ -82,6 +96,8 @@ class OpenSpeech:
         self.synthesized = 0
         self.fallback_pieces = 0
         self.error: Optional[BaseException] = None
+        #: the part of a piece Coze had not voiced when it failed (the offline voice says it)
+        self._unspoken: Optional[str] = None
         #: why the offline voice spoke (some or all of) this request, None if it did not
         self.fallback_reason: Optional[CozeError] = None
         self.token = token or CancelToken()
@@ -162,12 +178,12 @@ class OpenSpeech:
 
     def _produce(self) -> None:
         try:
-            for piece in self.request.pieces:
+            for n, piece in enumerate(self.request.pieces):
                 if self._closed.is_set():
                     break
                 if self.fallback_reason is None:
                     try:
-                        self._produce_piece(piece)
+                        self._produce_piece(piece, first=n == 0)
                         continue
                     except CozeError as exc:
                         left = self._time_left()
@@ -176,7 +192,8 @@ class OpenSpeech:
                             raise
                         self.fallback_reason = exc
                         log.warning("speaking with the offline voice: %s", exc)
-                self._produce_fallback(piece)
+                unspoken, self._unspoken = self._unspoken, None
+                self._produce_fallback(unspoken or piece)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             self.error = exc
             self._chunks.put(exc)
@@ -201,8 +218,9 @@ class OpenSpeech:
                 return
             self._put(pcm[i:i + step])
 
-    def _produce_piece(self, piece: str) -> None:
+    def _produce_piece(self, piece: str, *, first: bool = False) -> None:
         source, cache = self.source, self.source.cache
+        self._unspoken = None
         key = source.key(piece, self.request)
         if self.use_cache and cache is not None:
             entry = cache.lookup(key)
@@ -224,7 +242,7 @@ class OpenSpeech:
             raise CozeError("the phrase is not cached and no Coze client is configured")
         permit = source.breaker.permit() if source.breaker is not None else None  # raises while Coze is down
         try:
-            self._synthesize(piece, key)
+            self._synthesize(piece, key, first=first)
         except BaseException as exc:
             if permit is not None:
                 permit.done(exc)
@@ -232,23 +250,34 @@ class OpenSpeech:
         if permit is not None:
             permit.done()
 
-    def _synthesize(self, piece: str, key: str) -> None:
+    def _synthesize(self, piece: str, key: str, *, first: bool = False) -> None:
         """One piece from Coze, streamed to the player and into the cache (the cost guard and
-        the request count are asked before every HTTP attempt, retries included)."""
+        the request count are asked before every request, retries included). The cache entry
+        is committed only once all of the piece's audio arrived whole."""
         source, cache = self.source, self.source.cache
         assert source.client is not None
-        stream = source.client.speech(piece, self.request.params, remaining=self._time_left,
-                                      before_request=lambda: self._before_request(piece))
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
         try:
-            for chunk in stream:
-                if writer is not None:
-                    writer.write(chunk)
-                if not self._closed.is_set():
-                    self._put(chunk)
+            resumed = None
+            if source.client.uses_websocket(self.request.params, source.transport):
+                try:
+                    resumed = self._stream(piece, writer, source.transport)
+                except WebSocketUnusable as exc:  # nothing was played or written
+                    (log.info if exc.refused else log.warning)(
+                        "asking Coze over HTTP: the WebSocket speech API failed before any audio (%s)", exc)
+            if resumed is None:
+                parts = self._http_parts(piece, first)
+                resumed = False
+                for n, part in enumerate(parts):
+                    try:
+                        resumed = self._stream(part, writer, "http") or resumed
+                    except CozeError:
+                        if n:  # the first sentence was spoken: the offline voice says the rest
+                            self._unspoken = " ".join(parts[n:])
+                        raise
             self.synthesized += 1
             if writer is not None:
-                if stream.resumed:
+                if resumed:
                     log.info("not caching %r: its audio was joined from two responses", piece[:40])
                     writer.abort()
                 else:
@@ -257,9 +286,33 @@ class OpenSpeech:
             if writer is not None:
                 writer.abort()
 
+    def _http_parts(self, piece: str, first: bool) -> list:
+        """The HTTP requests for a piece: its first sentence alone, then the rest, when it is
+        the announcement's first piece, has several sentences and first_sentence_first is on
+        (its first audio then waits for one sentence's synthesis, not the whole piece's)."""
+        if first and self.source.first_sentence_first:
+            split = first_sentence(piece)
+            if split is not None:
+                return list(split)
+        return [piece]
+
+    def _stream(self, text: str, writer: Optional[CacheWriter], transport: str) -> bool:
+        """Stream one request's audio to the player and the cache writer; True when it was
+        joined from two responses (not to be cached)."""
+        assert self.source.client is not None
+        stream = self.source.client.speech(text, self.request.params, remaining=self._time_left,
+                                           before_request=lambda: self._before_request(text), transport=transport)
+        for chunk in stream:
+            if writer is not None:
+                writer.write(chunk)
+            if not self._closed.is_set():
+                self._put(chunk)
+        return stream.resumed
+
     def _before_request(self, piece: str) -> None:
-        """Before every HTTP request to Coze, retries included: nothing more once stopped,
-        the spending caps count (or refuse) it, and so does `api_calls`."""
+        """Before every request to Coze (an HTTP request or a WebSocket session), retries
+        included: nothing more once stopped, the spending caps count (or refuse) it, and so
+        does `api_calls`."""
         if self._closed.is_set():
             raise CozeError("stopped before Coze was asked again")
         if self.source.guard is not None:

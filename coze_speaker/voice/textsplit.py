@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from ..vocabulary import MAX_INPUT_BYTES
 
-__all__ = ["MAX_INPUT_BYTES", "split_text"]
+__all__ = ["MAX_INPUT_BYTES", "first_sentence", "split_text"]
 
 # Break classes, worst to best.  A cut position q lies between text[q-1] and text[q].
 _UNSAFE = 0  # would split a grapheme (base + combining mark, ZWJ sequence, flag)
@@ -214,3 +214,20 @@ def split_text(text: str, max_bytes: int = MAX_INPUT_BYTES) -> list[str]:
         s = cut
         while text[s].isspace():  # stops before end: text[end - 1] is not whitespace
             s += 1
+
+
+def first_sentence(text: str) -> Optional[tuple]:
+    """(first sentence, the rest) of a text of several sentences, None for one sentence.
+
+    The cut is the first sentence end the splitter itself would prefer (``.`` followed by a
+    space but not in "e.g.", ``。`` and friends, a line break), so the two parts are what a
+    reader hears as the first sentence and the rest. O(n).
+    """
+    stripped = text.strip()
+    if not stripped:
+        return None
+    ends = _classify_positions(stripped)[_SENTENCE]
+    if not ends:
+        return None
+    head, rest = stripped[:ends[0]].strip(), stripped[ends[0]:].strip()
+    return (head, rest) if head and rest else None
