@@ -296,7 +296,8 @@ def test_connections_are_bounded_and_an_idle_one_is_closed(wyoming_daemon, fake_
 
 
 def test_a_daemon_without_wyoming_loads_none_of_it(tmp_path, fake_coze, broker):
-    """Off by default and imported only when enabled, so the idle daemon's memory is as before."""
+    """Off by default and imported only when enabled, so the idle daemon's memory is as before
+    (Home Assistant discovery is off here too: its voice select uses the voice list)."""
     import subprocess
     import sys
 
@@ -307,7 +308,8 @@ def test_a_daemon_without_wyoming_loads_none_of_it(tmp_path, fake_coze, broker):
     for enabled, expected in ((False, "[] True"), (True, "['coze_speaker.voice.voices', 'coze_speaker.wyoming', "
                                                           "'coze_speaker.wyoming.info', 'coze_speaker.wyoming.protocol', "
                                                           "'coze_speaker.wyoming.server'] False")):
-        path = write_config(tmp_path, fake_coze, broker, wyoming={"enabled": enabled, "port": free_port()})
+        path = write_config(tmp_path, fake_coze, broker, wyoming={"enabled": enabled, "port": free_port()},
+                            homeassistant={"enabled": enabled})
         out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == expected, out.stderr
 

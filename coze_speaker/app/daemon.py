@@ -24,14 +24,15 @@ from ..queue.announcement import Announcement
 from ..queue.events import AnnouncementEvent, QueueEvent
 from ..queue.journal import Journal, Restored
 from ..queue.policy import QueueSettings
-from ..queue.state import StateStore, device_file
+from ..queue.state import StateStore, device_file, load_choice
 from ..queue.worker import Announcer
 from ..sound.players import Player
 from ..sound.speaker import Speaker
 from ..voice.costguard import CostGuard
-from .wiring import Sound, Voice, build_sound, build_voice, play_rate, voice_catalog
+from .wiring import Sound, Voice, build_sound, build_voice, play_rate, retained_topics, voice_catalog
 
 if TYPE_CHECKING:
+    from ..voice.voices import VoiceCatalog
     from ..wyoming.server import WyomingServer
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,15 @@ class Parts:
     store: StateStore
     #: the Wyoming TTS service, when `wyoming.enabled`
     wyoming: "Optional[WyomingServer]" = None
+    #: the account's voice list (Home Assistant's voice select, Wyoming's voices); None
+    #: without a token or when neither uses it
+    voices: "Optional[VoiceCatalog]" = None
 
     def close(self) -> None:
         if self.wyoming is not None:
             self.wyoming.stop()
+        if self.voices is not None:
+            self.voices.close()
         self.voice.close()
         self.sound.close()
 
@@ -111,22 +117,36 @@ class Daemon:
             saved = store.load("volume")
             volume = saved if isinstance(saved, int) and 0 <= saved <= 100 else config.audio.volume
             front: Optional[MqttFrontEnd] = None
+            voices: "Optional[VoiceCatalog]" = None
 
             def sink(event: QueueEvent) -> None:  # the front end is built next, with the worker
                 if front is not None:
                     front.sink(event)
 
             old_journal = device_file(config.state.dir, "queue", device)  # the JSON list of earlier versions
+            # the default voice and the chime chosen at run time, unless the config changed since
+            chosen_voice = load_choice(store, "voice", config.coze.voice_id)
+            if isinstance(chosen_voice, str) and chosen_voice and chosen_voice != config.coze.voice_id:
+                voice.requests.voice_id = chosen_voice
+            chime_on = load_choice(store, "chime", config.audio.chime)
+            if isinstance(chime_on, bool):
+                sound.chimes.enabled = chime_on
             worker = Announcer(voice.source, sound.speaker, sink, requests=voice.requests, chimes=sound.chimes,
                                settings=QueueSettings.from_config(config), volume=volume,
                                journal=Journal(old_journal.with_suffix(".jsonl"), legacy=[old_journal]),
                                volume_store=store)
-            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
-            wyoming = _wyoming(config, voice)
+            # one voice list for both front ends that show it
+            if config.homeassistant.enabled or config.wyoming.enabled:
+                voices = voice_catalog(config)
+            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store,
+                                 voices=voices, retained=retained_topics(config))
+            wyoming = _wyoming(config, voice, voices)
         except BaseException:
+            if voices is not None:
+                voices.close()
             voice.close()
             raise
-        return Parts(config, voice, sound, worker, front, store, wyoming)
+        return Parts(config, voice, sound, worker, front, store, wyoming, voices)
 
     def _load_journal(self, parts: Parts) -> Restored:
         """What the last run left in the journal (read before the front end takes new messages,
@@ -157,6 +177,8 @@ class Daemon:
         parts = self.parts
         parts.worker.start()
         restored = self._load_journal(parts)
+        if parts.voices is not None:
+            parts.voices.start()  # before connecting: discovery waits for a list not yet known
         parts.front.start()
         if parts.wyoming is not None:
             parts.wyoming.start()
@@ -238,11 +260,15 @@ class Daemon:
         old.front.stop(offline=False)
         if old.wyoming is not None:  # a request in flight is cut off; the new one binds the port at once
             old.wyoming.stop()
+        if old.voices is not None:
+            old.voices.close()
         old.voice.close()
         if new.sound.player is not old.sound.player:
             old.sound.close()
         self.parts = new
         new.worker.start()
+        if new.voices is not None:
+            new.voices.start()
         new.front.start()
         if new.wyoming is not None:
             new.wyoming.start()
@@ -263,14 +289,15 @@ class Daemon:
                 return
 
 
-def _wyoming(config: Config, voice: Voice) -> "Optional[WyomingServer]":
+def _wyoming(config: Config, voice: Voice, voices: "Optional[VoiceCatalog]") -> "Optional[WyomingServer]":
     """The Wyoming TTS service over this config's audio source (not started), or None. Its
-    module is imported only here, so a daemon without it does not load it."""
+    module is imported only here, so a daemon without it does not load it. It shares the
+    voice list with Home Assistant's voice select (starting it again does nothing)."""
     if not config.wyoming.enabled:
         return None
     from ..wyoming.server import WyomingServer
 
-    return WyomingServer(config, voice.source, voice.requests, catalog=voice_catalog(config))
+    return WyomingServer(config, voice.source, voice.requests, catalog=voices)
 
 
 def _status(text: str) -> str:

@@ -6,6 +6,7 @@ and fallback voice, built here, so they cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 from ..cache import PhraseCache
 from ..config import Config
 from ..coze import CozeClient
+from ..mqtt.retained import RetainedTopics
 from ..queue.state import device_file
 from ..sound.devices import probe_via, resolve_sample_rate
 from ..sound.players import Player, make_player
@@ -69,6 +71,15 @@ def spending_file(config: Config) -> Path:
     """Where the spending caps count: `spending-<device_id>.json` in the state dir, so they
     outlive a restart and the daemon, `say` and `cache warm` of one speaker share them."""
     return device_file(config.state.dir, "spending", config.mqtt.device_id)
+
+
+def retained_topics(config: Config) -> RetainedTopics:
+    """Where the front end remembers its retained topics, to clear them once unused:
+    `retained-<12 hex digits of the config file's path>.json` in the state dir, per config
+    file and not per device id (the device id is what changes)."""
+    source = str(config.source.resolve()) if config.source is not None else ""
+    key = hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return RetainedTopics(config.state.dir / f"retained-{key}.json")
 
 
 def cost_guard(config: Config, previous: Optional[CostGuard] = None) -> CostGuard:

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 from .. import __version__, sdnotify
 from ..cache import CacheError, PhraseCache
@@ -29,18 +29,25 @@ from ..queue.state import StateStore
 from ..queue.worker import Announcer
 from .bridge import Incoming, MqttBridge
 from .hermes import HermesError, HermesSay, HermesSayFinished
-from .homeassistant import discovery_payload, discovery_topic
+from .homeassistant import discovery_payload, voice_label
 from .payloads import SpeakerState, event_payload
+from .retained import RetainedTopics
 from .topics import AVAILABLE, NOT_AVAILABLE, Topics
+
+if TYPE_CHECKING:
+    from ..voice.voices import VoiceCatalog
 
 log = logging.getLogger(__name__)
 
 #: The retained state is published at most this often (seconds).
 STATE_INTERVAL = 0.2
-#: The state's `last` (the last announcement spoken to the end) keeps this many characters;
-#: it is kept in the state dir under this name, so a restart or reload does not blank it.
+#: The state's `last` (the last announcement spoken to the end) keeps this many characters,
+#: and so does its `last_error`'s message; both are kept in the state dir under this name, so
+#: a restart or reload does not blank them.
 LAST_CHARS = 250
 LAST_FILE = "last"
+#: What `chime/set` takes for on and for off (any case).
+SWITCH_ON, SWITCH_OFF = ("on", "true", "1"), ("off", "false", "0")
 #: The send thread publishes at most this many items per journal sync.
 SEND_BATCH = 1000
 _STOP_INTAKE = object()
@@ -66,16 +73,24 @@ class Publish:
 
 
 class MqttFrontEnd:
-    """Routes `say`, `stop`, `volume/set`, Hermes and HA status to one queue worker."""
+    """Routes `say`, `stop`, `volume/set`, `voice/set`, `chime/set`, Hermes and HA status to
+    one queue worker."""
 
     def __init__(self, config: Any, worker: Announcer, cache: Optional[PhraseCache] = None, *,
-                 on_connected: Callable[[], None] = lambda: None, store: Optional[StateStore] = None) -> None:
+                 on_connected: Callable[[], None] = lambda: None, store: Optional[StateStore] = None,
+                 voices: "Optional[VoiceCatalog]" = None, retained: Optional[RetainedTopics] = None) -> None:
         self.config = config
         self.worker = worker
         self.cache = cache
         self.store = store
+        self.voices = voices
+        self.retained = retained
+        self._unwatch_voices: Callable[[], None] = lambda: None
+        self._discovery_waits = False  # for the voice list being fetched (see _on_connected)
         self._last: Optional[str] = None
-        self._last_unsaved: Optional[dict] = None
+        self._last_summary: Optional[dict] = None  # the last one spoken: text, id, ts
+        self._last_error: Optional[dict] = None
+        self._unsaved = False
         mqtt = config.mqtt
         self.topics = Topics(mqtt.base_topic, mqtt.device_id, tuple(mqtt.groups),
                              config.homeassistant.discovery_prefix)
@@ -101,7 +116,8 @@ class MqttFrontEnd:
         return self.bridge.connected
 
     def subscriptions(self) -> List[str]:
-        topics = [*self.topics.say_topics, self.topics.stop, self.topics.volume_set]
+        topics = [*self.topics.say_topics, self.topics.stop, self.topics.volume_set, self.topics.voice_set,
+                  self.topics.chime_set]
         if self.config.homeassistant.enabled:
             topics.append(self.topics.ha_status)
         if self.config.hermes.enabled:
@@ -113,6 +129,8 @@ class MqttFrontEnd:
     def start(self) -> None:
         """Start the intake thread and connect in the background."""
         self._load_last()  # here, not at build: on a reload the old front end has saved it by now
+        if self.voices is not None:  # a new voice list: new options for Home Assistant's select
+            self._unwatch_voices = self.voices.on_change(self._voices_changed)
         self._intake = threading.Thread(target=self._take_in, name="coze-speaker-intake", daemon=True)
         self._intake.start()
         self._sender = threading.Thread(target=self._send, name="coze-speaker-send", daemon=True)
@@ -124,6 +142,7 @@ class MqttFrontEnd:
     def stop(self, *, offline: bool = True, timeout: float = 3.0) -> None:
         """Stop taking messages (those not yet handled stay with the broker's session) and
         disconnect, publishing `offline` first unless a reload hands over to a new front end."""
+        self._unwatch_voices()
         self._inbox.put(_STOP_INTAKE)
         if self._intake is not None:
             self._intake.join(timeout)
@@ -193,7 +212,7 @@ class MqttFrontEnd:
         topics = self.topics
         if msg.topic in topics.say_topics:
             return self._on_say(msg)
-        if msg.retain and msg.topic in (topics.stop, topics.volume_set):
+        if msg.retain and msg.topic in (topics.stop, topics.volume_set, topics.voice_set, topics.chime_set):
             # a command left retained on the broker would act again at every (re)connect:
             # a retained `stop all` would empty the queue restored after a crash
             log.warning("ignored a retained message on %s (clear it with an empty retained message)", msg.topic)
@@ -202,6 +221,10 @@ class MqttFrontEnd:
             self.worker.stop(clear=msg.payload.strip().lower() == b"all")
         elif msg.topic == topics.volume_set:
             return self._on_volume(msg.payload)
+        elif msg.topic == topics.voice_set:
+            self._on_voice(msg.payload)
+        elif msg.topic == topics.chime_set:
+            self._on_chime(msg.payload)
         elif msg.topic == topics.ha_status:
             if msg.payload.strip().lower() == b"online":
                 return self.discovery()
@@ -221,7 +244,7 @@ class MqttFrontEnd:
             error = {"message": f"response_topic: {msg.response_topic!r} is not allowed (it is under "
                                 f"{self.topics.base}/, hermes/ or {self.topics.discovery_prefix}/, or has a wildcard)",
                      "code": "invalid", "field": "response_topic"}
-            return self.event_messages(AnnouncementEvent.about(bad, "failed", error=error))
+            return self._refused(AnnouncementEvent.about(bad, "failed", error=error))
         try:
             ann = parse_say(msg.payload, max_text_bytes=self.config.limits.max_text_bytes,
                             received=msg.received, **extra)
@@ -229,7 +252,7 @@ class MqttFrontEnd:
             bad = Announcement(text=_preview(msg.payload), received=msg.received, **extra)
             if exc.announcement_id:
                 bad = bad.replace(id=exc.announcement_id)
-            return self.event_messages(AnnouncementEvent.about(bad, "failed", error=exc.event_fields()))
+            return self._refused(AnnouncementEvent.about(bad, "failed", error=exc.event_fields()))
         if msg.retain:
             log.warning("ignored a retained say message on %s (clear it with an empty retained message)",
                         msg.topic)
@@ -256,6 +279,44 @@ class MqttFrontEnd:
             return []
         self.worker.set_volume(int(round(volume)))
         return [Publish(self.topics.volume, str(self.worker.volume).encode(), retain=True)]
+
+    def _on_voice(self, payload: bytes) -> None:
+        """The default voice from now on: a voice id, or an option of Home Assistant's select
+        (`Name (id)`). With a voice list it must be one of its voices (or the configured one):
+        a typo would make every announcement fail."""
+        text = payload.decode("utf-8", "replace").strip()
+        catalog = self.voices.voices() if self.voices is not None else ()
+        found = next((v for v in catalog if text in (v.voice_id, voice_label(v.voice_id, v.name))), None)
+        configured = self.config.coze.voice_id
+        if found is not None:
+            voice_id = found.voice_id
+        elif configured and text == configured:  # the select offers it even when the list lacks it
+            voice_id = configured
+        elif not catalog and 0 < len(text) <= 128 and text.isprintable() and not any(c.isspace() for c in text):
+            voice_id = text  # no voice list to check against (no token, Coze not reached yet)
+        else:
+            log.warning("ignored voice %r: not a voice of the voice list (`coze-speaker voices` lists them)",
+                        text[:80])
+            return
+        log.info("default voice from now on: %s", voice_id)
+        self.worker.set_voice(voice_id)
+
+    def _on_chime(self, payload: bytes) -> None:
+        word = payload.decode("utf-8", "replace").strip().lower()
+        if word not in SWITCH_ON + SWITCH_OFF:
+            log.warning("ignored chime %r: expected ON or OFF", payload[:40])
+            return
+        self.worker.set_chime(word in SWITCH_ON)
+
+    def _voices_changed(self, changed: bool) -> None:
+        """A fetch of the voice list ended (its thread): discovery again if the list changed or
+        a connection waited for it, and the state (the voice's name)."""
+        with self._state_lock:
+            due, self._discovery_waits = changed or self._discovery_waits, False
+        if due:
+            for out in self.discovery():
+                self._outbox.put(out)
+        self.publish_state()
 
     def _on_hermes(self, msg: Incoming) -> List[Publish]:
         site_id = self.config.hermes.site_id
@@ -287,8 +348,28 @@ class MqttFrontEnd:
         if event.event == "finished":  # spoken: the state's `last` (saved by the state thread)
             with self._state_lock:
                 self._last = event.text[:LAST_CHARS]
-                self._last_unsaved = {"text": self._last, "id": event.id, "ts": round(event.ts, 3)}
+                self._last_summary = {"text": self._last, "id": event.id, "ts": round(event.ts, 3)}
+                self._unsaved = True
+        if event.event == "failed" or event.fallback:
+            self._note_error(event)
         self._outbox.put(event)
+
+    def _refused(self, event: AnnouncementEvent) -> List[Publish]:
+        """A payload refused before the queue: its failed event, and it is the last error."""
+        self._note_error(event)
+        return self.event_messages(event)
+
+    def _note_error(self, event: AnnouncementEvent) -> None:
+        """The state's `last_error` (Home Assistant's "Last error" sensor): a failure, or the
+        Coze error that the offline voice covered."""
+        error = event.error or {}
+        summary = {"message": str(error.get("message") or event.reason or event.event)[:LAST_CHARS],
+                   "code": error.get("code"), "field": error.get("field"), "logid": error.get("logid"),
+                   "id": event.id, "ts": round(event.ts, 3), "fallback": True if event.fallback else None}
+        with self._state_lock:
+            self._last_error = {k: v for k, v in summary.items() if v is not None}
+            self._unsaved = True
+        self.publish_state()
 
     def event_messages(self, event: AnnouncementEvent) -> List[Publish]:
         """An event on B/D/event; a final one also on its response topic and to Hermes."""
@@ -320,19 +401,47 @@ class MqttFrontEnd:
                                                       session_id=ann.session_id).payload())
 
     def _on_connected(self) -> None:
+        self._clear_stale()
         self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
         self.bridge.publish(self.topics.volume, str(self.worker.volume).encode(), retain=True, qos=1)
         with self._state_lock:
             self._last_state = None
+            # while the voice list is being fetched, discovery waits for it: Home Assistant
+            # 2026.2 loses parts of a second device config that arrives while it still sets
+            # up the entities of the first (the select kept its old options)
+            self._discovery_waits = self.voices is not None and self.voices.fetching
+            waits = self._discovery_waits
         self.publish_state()
-        for out in self.discovery():
-            self.publish(out)
+        if not waits:
+            for out in self.discovery():
+                self.publish(out)
         self._on_connected_cb()
 
     def discovery(self) -> List[Publish]:
         if not self.config.homeassistant.enabled:
             return []
-        return [Publish(discovery_topic(self.topics), discovery_payload(self.topics), retain=True, qos=1)]
+        payload = discovery_payload(self.topics, qos=self.config.mqtt.qos, voice=self.worker.default_voice,
+                                    voices=self.voices.voices() if self.voices is not None else ())
+        return [Publish(self.topics.discovery, payload, retain=True, qos=1)]
+
+    def retained_topics(self) -> List[str]:
+        """Every topic this speaker publishes retained, with its config as it is now."""
+        topics = [self.topics.availability, self.topics.state, self.topics.volume]
+        if self.config.homeassistant.enabled:
+            topics.append(self.topics.discovery)
+        return topics
+
+    def _clear_stale(self) -> None:
+        """Clear the retained topics published before and not any more (a changed device id,
+        Home Assistant discovery turned off): an empty retained message removes each, and
+        Home Assistant removes the device of an emptied discovery topic."""
+        if self.retained is None:
+            return
+        current = self.retained_topics()
+        for topic in self.retained.stale(current):
+            log.info("clearing %s: published retained by this speaker before, not any more", topic)
+            self.bridge.publish(topic, b"", retain=True, qos=1)
+        self.retained.remember(current)
 
     def publish_state(self) -> None:
         """Ask for the state to be published (any thread, returns at once): the state thread
@@ -363,24 +472,40 @@ class MqttFrontEnd:
             cache = {"entries": stats.entries, "bytes": stats.bytes, "hits": stats.hits, "misses": stats.misses}
         worker = self.worker
         down = worker.coze_down
+        voice = worker.default_voice
+        catalog = self.voices.voices() if self.voices is not None else ()
+        info = next((v for v in catalog if v.voice_id == voice), None)
+        with self._state_lock:
+            last, last_error = self._last, self._last_error
         return SpeakerState(state="speaking" if worker.speaking and worker.alive else "idle", volume=worker.volume,
                             queue=worker.queue_length(), cache=cache, version=__version__,
-                            last=self._last or None,
-                            coze=None if down is None else "down" if down else "up")
+                            last=last or None,
+                            coze=None if down is None else "down" if down else "up",
+                            voice=voice, voice_name=info.name if info is not None and info.name != voice else None,
+                            chime=worker.chime, last_error=last_error)
 
     def _load_last(self) -> None:
         saved = self.store.load(LAST_FILE) if self.store is not None else None
-        text = saved.get("text") if isinstance(saved, dict) else None
+        saved = saved if isinstance(saved, dict) else {}
+        text, error = saved.get("text"), saved.get("error")
         with self._state_lock:
             if isinstance(text, str) and self._last is None:
                 self._last = text[:LAST_CHARS]
+                self._last_summary = {k: v for k, v in saved.items() if k in ("text", "id", "ts")}
+            if isinstance(error, dict) and isinstance(error.get("message"), str) and self._last_error is None:
+                self._last_error = {k: v for k, v in error.items() if isinstance(v, (str, int, float, bool))}
 
     def _save_last(self) -> None:
-        """Keep the last announcement spoken in the state dir (off the worker's path: an fsync
-        on an SD card can take a while)."""
+        """Keep the last announcement spoken and the last error in the state dir (off the
+        worker's path: an fsync on an SD card can take a while)."""
         with self._state_lock:
-            summary, self._last_unsaved = self._last_unsaved, None
-        if summary is not None and self.store is not None:
+            if not self._unsaved:
+                return
+            self._unsaved = False
+            summary = dict(self._last_summary or {})
+            if self._last_error is not None:
+                summary["error"] = self._last_error
+        if self.store is not None:
             self.store.save(LAST_FILE, summary)
 
     def _publish_state_now(self, *, final: bool = False) -> None:

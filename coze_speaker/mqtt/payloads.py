@@ -38,6 +38,13 @@ class SpeakerState:
     last: Optional[str] = None
     #: "up", or "down" while Coze's circuit breaker is open; absent without Coze or a breaker
     coze: Optional[str] = None
+    #: the default voice (its id) and, when the voice list has it, its name
+    voice: Optional[str] = None
+    voice_name: Optional[str] = None
+    #: whether announcements get the chime unless they say
+    chime: Optional[bool] = None
+    #: the last error an announcement met: {message, code, field, logid, id, ts, fallback}
+    last_error: Optional[dict] = None
 
     def payload(self) -> bytes:
         return _json(asdict(self))

@@ -45,6 +45,14 @@ class Topics:
         return f"{self.base}/{self.device}/volume"
 
     @property
+    def voice_set(self) -> str:
+        return f"{self.base}/{self.device}/voice/set"
+
+    @property
+    def chime_set(self) -> str:
+        return f"{self.base}/{self.device}/chime/set"
+
+    @property
     def availability(self) -> str:
         return f"{self.base}/{self.device}/availability"
 
@@ -59,3 +67,8 @@ class Topics:
     @property
     def ha_status(self) -> str:
         return f"{self.discovery_prefix}/status"
+
+    @property
+    def discovery(self) -> str:
+        """Home Assistant's device-based discovery config of this speaker."""
+        return f"{self.discovery_prefix}/device/{self.device}/config"

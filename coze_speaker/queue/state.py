@@ -1,4 +1,5 @@
-"""Small daemon state kept across restarts (the volume), written atomically in the state dir."""
+"""Small daemon state kept across restarts (the volume, the default voice and chime chosen at
+run time, the last announcement), written atomically in the state dir."""
 
 from __future__ import annotations
 
@@ -61,3 +62,19 @@ class StateStore:
         except OSError as exc:
             log.warning("cannot save state to %s: %s", path, exc)
             return False
+
+
+def save_choice(store: Optional[StateStore], name: str, value: Any, replaces: Any) -> None:
+    """Keep a choice made at run time (the default voice, the chime) with the config value it
+    replaced: once the config says something else, the config wins (see `load_choice`)."""
+    if store is not None:
+        store.save(name, {"value": value, "replaces": replaces})
+
+
+def load_choice(store: Optional[StateStore], name: str, replaces: Any) -> Optional[Any]:
+    """The choice kept by `save_choice`, or None when there is none or the config's value
+    changed since it was made (editing the config is a newer choice)."""
+    saved = store.load(name) if store is not None else None
+    if isinstance(saved, dict) and "value" in saved and saved.get("replaces") == replaces:
+        return saved["value"]
+    return None

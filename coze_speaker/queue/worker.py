@@ -26,7 +26,7 @@ from .announcement import Announcement
 from .events import AnnouncementEvent, EventSink, StateChanged
 from .journal import Journal
 from .policy import DUPLICATE, QueuePolicy, QueueSettings
-from .state import StateStore
+from .state import StateStore, save_choice
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,29 @@ class Announcer:
         if self.volume_store is not None:
             self.volume_store.save("volume", self.volume)
         self._changed()
+
+    def set_voice(self, voice_id: str) -> None:
+        """The default voice for announcements that arrive from now on (those already queued
+        keep theirs), kept across restarts until `coze.voice_id` is changed in the config."""
+        configured = self.requests.config.coze.voice_id
+        self.requests.voice_id = None if voice_id == configured else voice_id
+        save_choice(self.volume_store, "voice", voice_id, configured)
+        self._changed()
+
+    @property
+    def default_voice(self) -> Optional[str]:
+        return self.requests.default_voice
+
+    def set_chime(self, on: bool) -> None:
+        """Whether announcements that arrive from now on get the chime (unless they say),
+        kept across restarts until `audio.chime` is changed in the config."""
+        self.chimes.enabled = bool(on)
+        save_choice(self.volume_store, "chime", bool(on), self.chimes.configured)
+        self._changed()
+
+    @property
+    def chime(self) -> bool:
+        return self.chimes.enabled
 
     @property
     def speaking(self) -> bool:

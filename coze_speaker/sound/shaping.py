@@ -154,11 +154,14 @@ class Chimes:
         self.configured = configured
         self.chimes_dir = chimes_dir
         self.rate = rate
+        #: whether an announcement that does not say gets a chime: the config's choice, or
+        #: the one made at run time (Home Assistant's chime switch, `chime/set`)
+        self.enabled = configured != "none"
 
     def choose(self, choice: "Union[bool, str, None]") -> Optional[bytes]:
-        """None/True: the configured one (True: even when it is "none"), False: no chime, a
-        name: that chime. Raises ChimeError."""
-        if choice is False or (choice is None and self.configured == "none"):
+        """None: the configured one while enabled, True: the configured one (builtin when it
+        is "none"), False: no chime, a name: that chime. Raises ChimeError."""
+        if choice is False or (choice is None and not self.enabled):
             return None
         if choice is True or choice is None:
             name = self.configured if self.configured != "none" else "builtin"

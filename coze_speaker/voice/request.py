@@ -69,11 +69,19 @@ class RequestBuilder:
     def __init__(self, config: Any, rate: int) -> None:
         self.config = config
         self.rate = rate
+        #: the default voice chosen at run time (Home Assistant's voice select, `voice/set`),
+        #: for the announcements that arrive from then on; None: `coze.voice_id`
+        self.voice_id: Optional[str] = None
+
+    @property
+    def default_voice(self) -> Optional[str]:
+        """The voice of an announcement that names none."""
+        return self.voice_id or self.config.coze.voice_id
 
     def build(self, text: str, *, voice_id: Optional[str] = None, emotion: Optional[str] = None,
               emotion_scale: Optional[float] = None, speed: Optional[float] = None,
               loudness_rate: Optional[int] = None, context_texts: Optional[str] = None) -> SpeechRequest:
         """Raises CozeValidationError naming the field, before any call is spent."""
-        return SpeechRequest.from_config(self.config, text, voice_id=voice_id, emotion=emotion,
+        return SpeechRequest.from_config(self.config, text, voice_id=voice_id or self.voice_id, emotion=emotion,
                                          emotion_scale=emotion_scale, speed=speed, loudness_rate=loudness_rate,
                                          context_texts=context_texts, sample_rate=self.rate)

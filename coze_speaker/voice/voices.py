@@ -56,6 +56,9 @@ class VoiceCatalog:
         self._thread: Optional[threading.Thread] = None
         #: voice lists fetched (each is one or more HTTP requests, one per page)
         self.fetches = 0
+        #: told after each fetch, whether it changed the list (see on_change)
+        self._listeners: List[Callable[[bool], None]] = []
+        self._fetching = False
 
     @property
     def host(self) -> str:
@@ -73,6 +76,36 @@ class VoiceCatalog:
     def wait_known(self, timeout: float) -> bool:
         return self._loaded.wait(timeout)
 
+    @property
+    def fetching(self) -> bool:
+        """The first fetch is due or under way: neither a saved copy nor a fetch has told the
+        list yet (a front end that publishes the list waits for on_change)."""
+        with self._lock:
+            return self._fetching
+
+    def on_change(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call listener(changed) from the fetching thread after each fetch, also a failed one
+        (changed False); returns the undo. Home Assistant's voice select republishes its
+        options from it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+        return remove
+
+    def _tell(self, changed: bool) -> None:
+        with self._lock:
+            self._fetching = False
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(changed)
+            except Exception:
+                log.exception("a voice list listener failed")
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -80,6 +113,8 @@ class VoiceCatalog:
         if self._thread is not None:
             return
         self._load()
+        with self._lock:
+            self._fetching = not self._loaded.is_set()
         self._thread = threading.Thread(target=self._keep_fresh, name="coze-speaker-voices", daemon=True)
         self._thread.start()
 
@@ -98,11 +133,14 @@ class VoiceCatalog:
             if due > 0:
                 self._stop.wait(min(due, self.refresh))
                 continue
+            before = self.voices()
             try:
                 self.fetch()
                 wait = self.retry
+                self._tell(self.voices() != before)
             except (SpeakerError, OSError) as exc:
                 log.warning("cannot fetch the Coze voice list (%s); trying again in %.0f s", exc, wait)
+                self._tell(False)
                 if self._stop.wait(wait):
                     return
                 wait = min(wait * 2, self.refresh)
