@@ -189,7 +189,9 @@ class Speaker:
         self.work = work
         self.config = work / "config.yaml"
         config: Dict[str, Any] = {
-            "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": "voice_0000", "retries": 1, "timeout": 5},
+            # over HTTP: the checks read each speech request the fake Coze received
+            "coze": {"base_url": fake.url, "token": TOKEN, "voice_id": "voice_0000", "retries": 1, "timeout": 5,
+                     "transport": "http"},
             "mqtt": {"host": "127.0.0.1", "port": broker_port, "device_id": DEVICE},
             "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none"},
             "cache": {"dir": str(work / "cache")},
