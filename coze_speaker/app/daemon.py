@@ -103,7 +103,7 @@ class Daemon:
     def _build(self, config: Config, guard: Optional[CostGuard] = None) -> Parts:
         """Every part for this config, nothing started; on failure nothing is left open."""
         rate = play_rate(config)
-        voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True)
+        voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True, fleet=True)
         try:
             sound = build_sound(config, rate=rate, player=self._player_override, device_retries=False)
             device = config.mqtt.device_id
@@ -121,7 +121,8 @@ class Daemon:
                                settings=QueueSettings.from_config(config), volume=volume,
                                journal=Journal(old_journal.with_suffix(".jsonl"), legacy=[old_journal]),
                                volume_store=store)
-            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store)
+            front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store,
+                                 fleet=voice.fleet)
             wyoming = _wyoming(config, voice)
         except BaseException:
             voice.close()
