@@ -385,8 +385,8 @@ class Fleet:
                         break
                     elif stream.done:
                         return
-                    elif now - stream.last > self.takeover:
-                        stream.fail()
+                    elif now - stream.last > self.takeover or self._online.get(stream.sender) is False:
+                        stream.fail()  # silent, or gone (its will said `offline`): the next one takes over
                         continue
                     self._cond.wait(POLL)
             for chunk in data:
