@@ -301,7 +301,8 @@ class Fleet:
     # -- PeerAudio (the audio source's producer thread) -----------------------------------
 
     def elected(self, key: str, rate: int, broadcast: Broadcast) -> bool:
-        return self.order(key, rate, broadcast.scope)[0] == self.device
+        order = self.order(key, rate, broadcast.scope)
+        return order[0] == self.device and len(order) > 1  # alone: nobody to stream to
 
     def share(self, key: str, rate: int, broadcast: Optional[Broadcast]) -> PeerShare:
         header: Dict[str, Any] = {"s": self._new_id(), "k": key, "r": rate, "f": self.device}
@@ -316,7 +317,7 @@ class Fleet:
             return self._fetch(key, rate, stopped)
         order = self.order(key, rate, broadcast.scope)
         if order[0] == self.device:
-            raise PeerTurn(f"elected for broadcast {broadcast.id} among {len(order)}", share=True)
+            raise PeerTurn(f"elected for broadcast {broadcast.id} among {len(order)}", share=len(order) > 1)
         return self._follow(key, order[:order.index(self.device)], stopped, share=True)
 
     def _fetch(self, key: str, rate: int, stopped: threading.Event) -> Iterator[bytes]:
