@@ -247,3 +247,50 @@ def test_across_two_bridged_brokers(tmp_path, fake_coze, broker, probe):
         if h is not None:
             h.stop()
         second.stop()
+
+
+# -- bad input, and the scope kept through the journal --------------------------------------------
+
+def test_malformed_fleet_messages_are_ignored_and_the_fleet_goes_on(house, probe, fake_coze):
+    h = house(rooms=ROOMS[:2])
+    key = "0" * 64
+    junk = {
+        f"{B}/fleet/members/ghost": [b"{", b"[]", b"[" * 100000, b'{"device":"ghost","groups":"all"}'],
+        f"{B}/fleet/audio": [b"garbage", b'{"s":1}\n', b"\xff\xfe\n\x00",
+                             b'{"s":"x","f":"a/#","k":"k","n":0,"r":24000,"g":"all"}\nabcd',
+                             b'{"s":"y","f":"ghost","k":"../../etc/passwd","n":0,"r":7,"g":"all"}\nabcd',
+                             b'{"s":"z","f":"ghost","k":"' + key.encode() + b'","n":"0","r":24000,"g":"all"}\nab',
+                             b'{"s":"y","f":"ghost","n":1,"end":true,"len":4,"crc":1}\n'],
+        f"{B}/fleet/want": [b"[]", b"null", b'{"id":1,"key":"../x","from":"ghost","rate":24000}',
+                            b'{"id":1,"key":"' + key.encode() + b'","from":"a#b","rate":24000}'],
+        f"{B}/fleet/to/hall": [b'{"get":"x","k":"zz","r":1,"f":"ghost"}\n', b'{"get":"x","k":"zz","r":1,"f":"+"}\n',
+                               b'{"have":"nope","f":"ghost"}\n', b"no header"],
+    }
+    for topic, payloads in junk.items():
+        for payload in payloads:
+            probe.publish(topic, payload)
+    text = "Still one synthesis after the junk."
+    probe.publish(f"{B}/all/say", {"text": text, "id": "after-junk"})
+    h.wait_finished("after-junk")
+    assert speech_calls(fake_coze) == 1
+    for room in ROOMS[:2]:
+        assert heard(h[room], text), room
+    for room in ROOMS[:2]:
+        log = h[room].proc.log
+        assert "ignored a fleet message" in log
+        assert "Traceback" not in log, log[-3000:]
+    assert not [p for p in (Path(h["hall"].config).parent / "cache").rglob("*") if "passwd" in p.name]
+
+
+def test_a_group_broadcast_keeps_its_scope_through_the_journal(tmp_path):
+    from coze_speaker.queue.announcement import Announcement, broadcast_of
+    from coze_speaker.queue.journal import Journal
+    from coze_speaker.voice.peers import Broadcast
+
+    journal = Journal(tmp_path / "queue-x.jsonl")
+    journal.add(Announcement(text="Lights out", id="l1", source="group", group="upstairs"))
+    journal.sync()
+    restored = Journal(tmp_path / "queue-x.jsonl").load()
+    assert [broadcast_of(a) for a in restored.valid] == [Broadcast("l1", "group/upstairs")]
+    assert broadcast_of(Announcement(text="x", id="u1")) is None
+    assert broadcast_of(Announcement(text="x", id="a1", source="all")) == Broadcast("a1", "all")

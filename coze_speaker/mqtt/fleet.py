@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -51,6 +52,14 @@ MAX_SERVING = 4
 POLL = 0.05
 
 Publish = Callable[[str, bytes], None]
+_DEVICE_RE = re.compile(r"^[a-z0-9_-]{1,128}$")
+
+
+def device_id(value: Any) -> str:
+    """A device id from a message (it becomes part of a topic): ValueError unless valid."""
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise ValueError(f"not a device id: {str(value)[:40]!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,7 @@ class Fleet:
         topic = msg.topic
         try:
             if topic.startswith(self.members_prefix):
-                self._on_member(topic[len(self.members_prefix):], msg.payload)
+                self._on_member(device_id(topic[len(self.members_prefix):]), msg.payload)
             elif topic.endswith("/availability"):
                 device = topic[len(self.base) + 1:-len("/availability")]
                 with self._cond:
@@ -196,7 +205,7 @@ class Fleet:
                 self._on_want(msg.payload)
             elif topic in (self.audio_topic, self.inbox_topic):
                 self._on_audio(msg.payload, broadcast=topic == self.audio_topic)
-        except (ValueError, KeyError, TypeError, CacheError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CacheError) as exc:
             log.warning("ignored a fleet message on %s: %s", topic, exc)
 
     def _on_member(self, device: str, payload: bytes) -> None:
@@ -209,7 +218,7 @@ class Fleet:
 
     def _on_want(self, payload: bytes) -> None:
         want = json.loads(payload)
-        asker, key, rid = want["from"], want["key"], want["id"]
+        asker, key, rid = device_id(want["from"]), want["key"], want["id"]
         if asker == self.device or self.cache is None or not isinstance(key, str):
             return
         entry = self.cache.lookup(key) if self.cache.contains(key) else None
@@ -224,7 +233,7 @@ class Fleet:
         if "get" in header:
             self._serve(header)
             return
-        sid, sender = str(header["s"]), str(header["f"])
+        sid, sender = str(header["s"]), device_id(header["f"])
         if sender == self.device:
             return
         with self._cond:
@@ -266,11 +275,12 @@ class Fleet:
         with self._cond:
             want = self._wants.get(str(header["have"]))
             if want is not None and want.holder is None:
-                want.holder = str(header["f"])
+                want.holder = device_id(header["f"])
                 self._cond.notify_all()
 
     def _serve(self, header: Dict[str, Any]) -> None:
         """Send a cached phrase to the member that asked for it (in a thread of its own)."""
+        device_id(header["f"])
         if not self._serving.acquire(blocking=False):
             log.info("not sending %s to %s: already sending %d phrases", str(header["k"])[:12], header["f"],
                      MAX_SERVING)
@@ -291,7 +301,7 @@ class Fleet:
                     out.write(chunk)
                 out.commit()
                 log.info("sent %s to %s (%d bytes)", key[:12], asker, out.size)
-            except CacheError as exc:
+            except (CacheError, ValueError, OSError) as exc:
                 log.warning("could not send %s to %s: %s", key[:12], asker, exc)
             finally:
                 out.abort()

@@ -62,7 +62,7 @@ class InStream:
         try:
             if not cache.contains(self.key):
                 self._writer = cache.writer(self.key, self.rate)
-        except CacheError:
+        except (CacheError, ValueError):  # not a key or not a rate: played (if asked for), never cached
             self._writer = None
 
     def add(self, seq: int, data: bytes) -> None:
