@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: What a member record says this speaker can do.
 CAPABILITIES = ("broadcast", "fetch")
-#: Streams kept in memory after they ended (a late reader can still play one from the start).
-KEEP_STREAMS = 16
+#: Streams kept in memory after they ended (a reader that just missed the cache can still play
+#: one from the start); few, as each holds its whole audio.
+KEEP_STREAMS = 4
 #: At most this many cached phrases are sent to askers at the same time.
 MAX_SERVING = 4
 #: How often a waiting reader looks again (seconds; it is woken at once by new audio).
