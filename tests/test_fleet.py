@@ -294,3 +294,35 @@ def test_a_group_broadcast_keeps_its_scope_through_the_journal(tmp_path):
     assert [broadcast_of(a) for a in restored.valid] == [Broadcast("l1", "group/upstairs")]
     assert broadcast_of(Announcement(text="x", id="u1")) is None
     assert broadcast_of(Announcement(text="x", id="a1", source="all")) == Broadcast("a1", "all")
+
+
+def test_a_silent_elected_speaker_is_taken_over_after_the_bound(house, probe, fake_coze):
+    """The elected speaker is frozen (SIGSTOP: its connection stays open, so no will says
+    `offline`): the next in the agreed order waits `fleet.takeover`, then synthesizes and
+    streams to the rest."""
+    from urllib.parse import urlsplit
+
+    from coze_speaker.config import load_config
+    from coze_speaker.mqtt.fleet import rendezvous
+    from coze_speaker.voice.request import RequestBuilder
+    from coze_speaker.voice.source import AudioSource
+
+    rooms = ROOMS[:3]
+    h = house(rooms=rooms)
+    text = "The garden gate was left open."
+    config = load_config(h["hall"].config)
+    request = RequestBuilder(config, RATE).build(text)
+    key = AudioSource(None, None, host=urlsplit(config.coze.base_url).netloc).key(request.pieces[0], request)
+    order = rendezvous(key, rooms)
+    frozen = h[order[0]].proc
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        probe.publish(f"{B}/all/say", {"text": text, "id": "gate"})
+        h.wait_finished("gate", rooms=order[1:])
+        assert speech_calls(fake_coze) == 1
+        assert {m["f"] for m in fleet_audio(probe)} == {order[1]}
+        for room in order[1:]:
+            assert heard(h[room], text), room
+        assert "the next one takes over" in h[order[2]].proc.log
+    finally:
+        frozen.kill(signal.SIGKILL)
