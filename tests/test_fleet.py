@@ -323,6 +323,6 @@ def test_a_silent_elected_speaker_is_taken_over_after_the_bound(house, probe, fa
         assert {m["f"] for m in fleet_audio(probe)} == {order[1]}
         for room in order[1:]:
             assert heard(h[room], text), room
-        assert "the next one takes over" in h[order[2]].proc.log
+        assert "the next one takes over" in h[order[1]].proc.log  # not rescued by the will (keepalive)
     finally:
         frozen.kill(signal.SIGKILL)
