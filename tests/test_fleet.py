@@ -33,16 +33,18 @@ def pcm(text: str) -> bytes:
 class Speaker:
     """One speaker process with its own directories and sink."""
 
-    def __init__(self, root: Path, device: str, fake_coze: FakeCoze, port: int, **fleet) -> None:
+    def __init__(self, root: Path, device: str, fake_coze: FakeCoze, port: int, *, transport: str = "http",
+                 **fleet) -> None:
         self.device = device
         home = root / device
         home.mkdir(parents=True)
         self.sink = AlsaSink(home / "alsa")
         data = {
-            "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 5},
+            "coze": {"base_url": fake_coze.url, "token": TOKEN, "voice_id": VOICE, "retries": 1, "timeout": 5,
+                     "transport": transport, "first_sentence_first": False},
             "mqtt": {"host": "127.0.0.1", "port": port, "device_id": device,
                      "groups": ["upstairs"] if device in UPSTAIRS else []},
-            "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none", "preroll_ms": 0},
+            "audio": {"backend": "aplay", "sample_rate": RATE, "chime": "none", "wake_ms": 0},
             "cache": {"dir": str(home / "cache")},
             "state": {"dir": str(home / "state")},
             "queue": {"dedup_seconds": 0},
@@ -72,13 +74,13 @@ class House:
     """N speakers; waits (bounded) until every one is online and its member record is out."""
 
     def __init__(self, tmp_path: Path, fake_coze: FakeCoze, ports: List[int], probe: Probe, *, rooms=ROOMS,
-                 members: bool = True, **fleet) -> None:
+                 members: bool = True, transport: str = "http", **fleet) -> None:
         self.probe = probe
         self.speakers: Dict[str, Speaker] = {}
         try:
             for n, room in enumerate(rooms):
                 self.speakers[room] = Speaker(tmp_path / "house", room, fake_coze, ports[n % len(ports)],
-                                              **fleet).start()
+                                              transport=transport, **fleet).start()
             for room in rooms:
                 probe.wait_for(lambda ms, r=room: [m for m in ms if m.topic == f"{B}/{r}/availability"
                                                    and m.payload == b"online"], timeout=30)
@@ -130,7 +132,8 @@ def heard(speaker: Speaker, *texts: str) -> bool:
 
 
 def speech_calls(fake_coze: FakeCoze) -> int:
-    return len(fake_coze.requests_to(SPEECH))
+    """Syntheses Coze was asked for, over HTTP or the WebSocket API."""
+    return len(fake_coze.requests_to(SPEECH)) + len(fake_coze.ws_sessions_with_text())
 
 
 def fleet_audio(probe: Probe) -> List[dict]:
@@ -140,8 +143,9 @@ def fleet_audio(probe: Probe) -> List[dict]:
 
 # -- one synthesis per broadcast --------------------------------------------------------------
 
-def test_a_broadcast_miss_is_synthesized_once_and_every_room_plays_the_same_audio(house, probe, fake_coze):
-    h = house()
+@pytest.mark.parametrize("transport", ["http", "websocket"])
+def test_a_broadcast_miss_is_synthesized_once_and_every_room_plays_the_same_audio(house, probe, fake_coze, transport):
+    h = house(transport=transport)
     text = "Dinner is ready, everybody come down to the kitchen please."
     probe.publish(f"{B}/all/say", {"text": text, "id": "dinner"})
     h.wait_finished("dinner")
