@@ -109,7 +109,7 @@ class Daemon:
     def _build(self, config: Config, guard: Optional[CostGuard] = None) -> Parts:
         """Every part for this config, nothing started; on failure nothing is left open."""
         rate = play_rate(config)
-        voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True)
+        voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True, fleet=True)
         try:
             sound = build_sound(config, rate=rate, player=self._player_override, device_retries=False)
             device = config.mqtt.device_id
@@ -139,7 +139,7 @@ class Daemon:
             if config.homeassistant.enabled or config.wyoming.enabled:
                 voices = voice_catalog(config)
             front = MqttFrontEnd(config, worker, voice.cache, on_connected=self._wake.set, store=store,
-                                 voices=voices, retained=retained_topics(config))
+                                 voices=voices, retained=retained_topics(config), fleet=voice.fleet)
             wyoming = _wyoming(config, voice, voices)
         except BaseException:
             if voices is not None:

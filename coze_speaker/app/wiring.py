@@ -17,6 +17,7 @@ from ..cache import PhraseCache
 from ..config import Config
 from ..coze import CozeClient
 from ..mqtt.retained import RetainedTopics
+from ..mqtt.fleet import Fleet
 from ..queue.state import device_file
 from ..sound.devices import probe_via, resolve_sample_rate
 from ..sound.players import Player, make_player
@@ -111,6 +112,8 @@ class Voice:
     fallback: Optional[EspeakFallback]
     source: AudioSource
     requests: RequestBuilder
+    #: the other speakers of the fleet (the daemon's only; None when fleet.enabled is false)
+    fleet: Optional[Fleet] = None
 
     def close(self) -> None:
         if self.source.breaker is not None:
@@ -134,11 +137,13 @@ def transport(config: Config, *, plays: bool = True) -> str:
 
 
 def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
-                warn_without_token: bool = False, offline_voice: bool = True, plays: bool = True) -> Voice:
+                warn_without_token: bool = False, offline_voice: bool = True, plays: bool = True,
+                fleet: bool = False) -> Voice:
     """The audio source and its parts; closes what it built if a later part fails.
     Without offline_voice (`cache warm`), a phrase Coze cannot speak fails instead. Without
     plays (`cache warm` again), misses are fetched for the cache only: `auto` goes over HTTP
-    and first_sentence_first (an extra request for earlier sound) is off."""
+    and first_sentence_first (an extra request for earlier sound) is off. With `fleet` (the
+    daemon), the other speakers on the base topic are a source too."""
     fallback = make_fallback(config.fallback) if offline_voice else None
     client = coze_client(config)
     if client is None and warn_without_token:
@@ -153,10 +158,11 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
             client.close()
         raise
     guard = cost_guard(config, guard)
+    peers = Fleet(config, cache, rate) if fleet and config.fleet.enabled else None
     source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc,
                          breaker=coze_breaker(config, client), transport=transport(config, plays=plays),
-                         first_sentence_first=plays and config.coze.first_sentence_first)
-    return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate))
+                         first_sentence_first=plays and config.coze.first_sentence_first, peers=peers)
+    return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate), peers)
 
 
 @dataclass

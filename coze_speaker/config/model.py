@@ -23,7 +23,7 @@ from .loader import flag_or_section, key, subsection
 
 __all__ = [
     "LOG_LEVELS", "AUDIO_BACKENDS", "FALLBACK_ENGINES",
-    "Config", "CozeConfig", "MqttConfig", "TlsConfig", "HomeAssistantConfig", "HermesConfig",
+    "Config", "CozeConfig", "MqttConfig", "FleetConfig", "TlsConfig", "HomeAssistantConfig", "HermesConfig",
     "AudioConfig", "CacheConfig", "QueueConfig", "LimitsConfig", "QuietHours", "FallbackConfig",
     "StateConfig", "LoggingConfig", "WyomingConfig", "reduce_device_id",
 ]
@@ -124,6 +124,19 @@ class MqttConfig:
                          "This speaker's id in topics; default: the host name reduced to [a-z0-9_-].")
     groups: Tuple[str, ...] = key((), list_of(_name), "Group names this speaker also listens to.")
     qos: int = key(1, one_of(0, 1, 2), "QoS for subscriptions and published state: 0, 1 or 2.")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Speakers sharing mqtt.base_topic: membership, one synthesis per broadcast, a shared cache."""
+
+    enabled: bool = key(True, boolean(), "Join the fleet of speakers under mqtt.base_topic (false = work alone).")
+    takeover: float = key(1.5, number(0.1, 30),
+                          "Seconds without audio from the speaker streaming a broadcast before the next one takes over.")
+    fetch_wait: float = key(0.3, number(0, 5),
+                            "Seconds a phrase missing here is asked of the other speakers before Coze is.")
+    chunk_bytes: int = key(16384, integer(1024, 131072),
+                           "Audio bytes per MQTT message (keep well under the broker's message_size_limit).")
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,7 @@ class Config:
     homeassistant: HomeAssistantConfig = subsection(HomeAssistantConfig, "Home Assistant MQTT discovery.")
     hermes: HermesConfig = subsection(HermesConfig, "Hermes (Rhasspy / Snips) TTS messages.")
     wyoming: WyomingConfig = subsection(WyomingConfig, "Coze voices as a Wyoming TTS service for Home Assistant.")
+    fleet: FleetConfig = subsection(FleetConfig, "Several speakers on one base topic: one synthesis per broadcast.")
     audio: AudioConfig = subsection(AudioConfig, "Audio output, volume and chime.", rules=_audio_rules)
     cache: CacheConfig = subsection(CacheConfig, "The phrase cache.")
     queue: QueueConfig = subsection(QueueConfig, "Waiting announcements.")

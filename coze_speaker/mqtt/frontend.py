@@ -28,6 +28,7 @@ from ..queue.events import AnnouncementEvent, QueueEvent, StateChanged
 from ..queue.state import StateStore
 from ..queue.worker import Announcer
 from .bridge import Incoming, MqttBridge
+from .fleet import Fleet
 from .hermes import HermesError, HermesSay, HermesSayFinished
 from .homeassistant import discovery_payload, voice_label
 from .payloads import SpeakerState, event_payload
@@ -78,8 +79,11 @@ class MqttFrontEnd:
 
     def __init__(self, config: Any, worker: Announcer, cache: Optional[PhraseCache] = None, *,
                  on_connected: Callable[[], None] = lambda: None, store: Optional[StateStore] = None,
-                 voices: "Optional[VoiceCatalog]" = None, retained: Optional[RetainedTopics] = None) -> None:
+                 voices: "Optional[VoiceCatalog]" = None, retained: Optional[RetainedTopics] = None,
+                 fleet: Optional[Fleet] = None) -> None:
         self.config = config
+        #: the other speakers on this base topic (None: fleet.enabled is false)
+        self.fleet = fleet
         self.worker = worker
         self.cache = cache
         self.store = store
@@ -110,6 +114,8 @@ class MqttFrontEnd:
             subscriptions=self.subscriptions, on_message=self._inbox.put, on_connect=self._on_connected,
             session_expiry=int(config.queue.ttl) if mqtt.protocol == 5 else 0,
         )
+        if fleet is not None:
+            fleet.bind(lambda topic, payload: self.bridge.publish(topic, payload, qos=1))
 
     @property
     def connected(self) -> threading.Event:
@@ -122,6 +128,8 @@ class MqttFrontEnd:
             topics.append(self.topics.ha_status)
         if self.config.hermes.enabled:
             topics.append(HermesSay.TOPIC)
+        if self.fleet is not None:
+            topics.extend(self.fleet.subscriptions())
         return topics
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -212,6 +220,9 @@ class MqttFrontEnd:
         topics = self.topics
         if msg.topic in topics.say_topics:
             return self._on_say(msg)
+        if self.fleet is not None and self.fleet.owns(msg.topic):
+            self.fleet.handle(msg)
+            return []
         if msg.retain and msg.topic in (topics.stop, topics.volume_set, topics.voice_set, topics.chime_set):
             # a command left retained on the broker would act again at every (re)connect:
             # a retained `stop all` would empty the queue restored after a crash
@@ -237,6 +248,8 @@ class MqttFrontEnd:
         source = "mqtt" if msg.topic == topics.say else ("all" if msg.topic == topics.all_say else "group")
         extra: dict = {"source": source, "response_topic": msg.response_topic,
                        "correlation_data": msg.correlation_data}
+        if source == "group":
+            extra["group"] = next(g for g in topics.groups if topics.group_say(g) == msg.topic)
         if msg.response_topic is not None and not self.response_topic_allowed(msg.response_topic):
             # a client allowed to publish only to `say` must not make the speaker publish to
             # its own stop or volume topics, Hermes or Home Assistant discovery
@@ -404,6 +417,10 @@ class MqttFrontEnd:
         self._clear_stale()
         self.bridge.publish(self.topics.availability, AVAILABLE, retain=True, qos=1)
         self.bridge.publish(self.topics.volume, str(self.worker.volume).encode(), retain=True, qos=1)
+        if self.fleet is not None:
+            self.bridge.publish(*self.fleet.member_record(), retain=True, qos=1)
+        else:  # not a member (any more): a record left by an earlier run must not count
+            self.bridge.publish(self.topics.member, b"", retain=True, qos=1)
         with self._state_lock:
             self._last_state = None
             # while the voice list is being fetched, discovery waits for it: Home Assistant

@@ -65,6 +65,11 @@ class Topics:
         return f"{self.base}/{self.device}/event"
 
     @property
+    def member(self) -> str:
+        """This speaker's retained fleet record (mqtt/fleet.py)."""
+        return f"{self.base}/fleet/members/{self.device}"
+
+    @property
     def ha_status(self) -> str:
         return f"{self.discovery_prefix}/status"
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional, Union
 from ..errors import SpeakerError
 from ..vocabulary import (EMOTION_SCALE, EMOTIONS, LOUDNESS, PRIORITIES, PRIORITY_RANK, REPEAT, SOURCES, SPEED,
                           VOLUME, Range)
+from ..voice.peers import Broadcast
 
 MAX_ID_LENGTH = 128
 MAX_TTL = 7 * 24 * 3600
@@ -65,6 +66,8 @@ class Announcement:
     correlation_data: Optional[bytes] = None
     site_id: Optional[str] = None
     session_id: Optional[str] = None
+    #: the group of a `group/<name>/say` message (its source is "group")
+    group: Optional[str] = None
 
     @property
     def rank(self) -> int:
@@ -81,6 +84,16 @@ class Announcement:
     def replace(self, **changes: Any) -> "Announcement":
         """A copy with some fields changed (the dataclass is frozen)."""
         return dataclasses.replace(self, **changes)
+
+
+def broadcast_of(ann: Announcement) -> Optional[Broadcast]:
+    """Every member of a scope got this announcement (`all/say`, `group/<g>/say`): the fleet
+    synthesizes it once for all of them."""
+    if ann.source == "all":
+        return Broadcast(ann.id, "all")
+    if ann.source == "group" and ann.group:
+        return Broadcast(ann.id, f"group/{ann.group}")
+    return None
 
 
 def _text(value: Any, name: str, max_bytes: int) -> str:
@@ -214,6 +227,7 @@ ORIGIN_FIELDS: dict = {
     "response_topic": _topic,
     "site_id": _plain_str("site_id", 1024),
     "session_id": _plain_str("session_id", 1024),
+    "group": _plain_str("group", 256),
 }
 
 

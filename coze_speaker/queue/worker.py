@@ -8,6 +8,7 @@ and hands every event to the sink it was given. It never calls up into the daemo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import threading
@@ -22,7 +23,7 @@ from ..sound.shaping import Chimes
 from ..sound.speaker import PlayResult, Speaker
 from ..voice.request import RequestBuilder, SpeechRequest
 from ..voice.source import MAX_AHEAD_BYTES, AudioSource, OpenSpeech
-from .announcement import Announcement
+from .announcement import Announcement, broadcast_of
 from .events import AnnouncementEvent, EventSink, StateChanged
 from .journal import Journal
 from .policy import DUPLICATE, QueuePolicy, QueueSettings
@@ -112,6 +113,9 @@ class Announcer:
             request = self.requests.build(ann.text, voice_id=ann.voice, emotion=ann.emotion,
                                           emotion_scale=ann.emotion_scale, speed=ann.speed,
                                           loudness_rate=ann.loudness, context_texts=ann.context)
+            broadcast = broadcast_of(ann)
+            if broadcast is not None:
+                request = dataclasses.replace(request, broadcast=broadcast)
             chime = self.chimes.choose(ann.chime)
         except SpeakerError as exc:
             self._event(ann, "failed", error=error_fields(exc))

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from ..coze import CozeValidationError, SpeechParams
 from ..vocabulary import DEFAULT_PLAY_RATE
+from .peers import Broadcast
 from .textsplit import split_text
 
 
@@ -21,6 +22,8 @@ class SpeechRequest:
     text: str
     params: SpeechParams
     pieces: tuple = ()
+    #: set when every member of a scope received the announcement (the fleet synthesizes it once)
+    broadcast: Optional[Broadcast] = None
 
     @property
     def sample_rate(self) -> int:

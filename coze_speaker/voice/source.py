@@ -28,6 +28,7 @@ from ..coze import CozeClient, CozeError, CozeValidationError, WebSocketUnusable
 from .breaker import CircuitBreaker
 from .costguard import CostGuard
 from .fallback import EspeakFallback, FallbackError
+from .peers import PeerAudio, PeerShare, PeerTurn
 from .request import SpeechRequest
 from .textsplit import first_sentence
 
@@ -46,7 +47,8 @@ class AudioSource:
                  guard: Optional[CostGuard] = None, host: Optional[str] = None,
                  fallback: Optional[EspeakFallback] = None,
                  breaker: Optional[CircuitBreaker] = None,
-                 transport: str = "http", first_sentence_first: bool = False) -> None:
+                 transport: str = "http", first_sentence_first: bool = False,
+                 peers: Optional[PeerAudio] = None) -> None:
         self.client = client
         #: how a miss is fetched (`coze.transport`: http, websocket or auto)
         self.transport = transport
@@ -58,6 +60,8 @@ class AudioSource:
         #: says whether Coze counts as down; None = always ask Coze
         self.breaker = breaker
         self.host = host or (client.host if client else "")
+        #: the other speakers of the fleet (their caches, the audio one of them synthesizes), or None
+        self.peers = peers
 
     def key(self, piece: str, request: SpeechRequest) -> str:
         p = request.params
@@ -95,6 +99,10 @@ class OpenSpeech:
         self.cache_hits = 0
         self.synthesized = 0
         self.fallback_pieces = 0
+        #: pieces another speaker of the fleet delivered
+        self.peer_pieces = 0
+        #: bytes of the piece being synthesized that were already played (from a speaker that went silent)
+        self._skip = 0
         self.error: Optional[BaseException] = None
         #: the part of a piece Coze had not voiced when it failed (the offline voice says it)
         self._unspoken: Optional[str] = None
@@ -226,23 +234,48 @@ class OpenSpeech:
             entry = cache.lookup(key)
             if entry is not None and entry.rate == self.request.sample_rate:
                 delivered = False
+                share = self._share_hit(key)
                 try:
                     for chunk in cache.read(entry):
+                        if share is not None:
+                            share.write(chunk)
                         if self._closed.is_set():
                             return
                         self._put(chunk)
                         delivered = True
+                    if share is not None:
+                        share.commit()
+                        share = None
                     self.cache_hits += 1
                     return
                 except CacheError as exc:  # evicted or broken under our feet: synthesize instead
                     if delivered:
                         raise CozeError(f"cached audio became unreadable while playing: {exc}") from None
                     log.warning("%s; synthesizing instead", exc)
+                finally:
+                    if share is not None:
+                        share.abort()
+        share_it, played = False, 0
+        if source.peers is not None and self.use_cache:
+            try:  # another speaker has it, or is synthesizing it for this whole broadcast
+                for chunk in source.peers.receive(key, self.request.sample_rate, broadcast=self.request.broadcast,
+                                                  stopped=self._closed):
+                    if self._closed.is_set():
+                        return
+                    self._put(chunk)
+                    played += len(chunk)
+                if self._closed.is_set():
+                    return
+                self.peer_pieces += 1
+                return
+            except PeerTurn as turn:
+                share_it = turn.share
+                log.debug("producing %s here: %s", key[:12], turn)
         if source.client is None:
             raise CozeError("the phrase is not cached and no Coze client is configured")
         permit = source.breaker.permit() if source.breaker is not None else None  # raises while Coze is down
         try:
-            self._synthesize(piece, key, first=first)
+            self._synthesize(piece, key, first=first, share=share_it, skip=played)
         except BaseException as exc:
             if permit is not None:
                 permit.done(exc)
@@ -250,18 +283,31 @@ class OpenSpeech:
         if permit is not None:
             permit.done()
 
-    def _synthesize(self, piece: str, key: str, *, first: bool = False) -> None:
+    def _share_hit(self, key: str) -> Optional[PeerShare]:
+        """The member elected for a broadcast streams its cached audio to the others."""
+        peers, broadcast = self.source.peers, self.request.broadcast
+        if peers is None or broadcast is None or not peers.elected(key, self.request.sample_rate, broadcast):
+            return None
+        return peers.share(key, self.request.sample_rate, broadcast)
+
+    def _synthesize(self, piece: str, key: str, *, first: bool = False, share: bool = False,
+                    skip: int = 0) -> None:
         """One piece from Coze, streamed to the player and into the cache (the cost guard and
         the request count are asked before every request, retries included). The cache entry
-        is committed only once all of the piece's audio arrived whole."""
+        is committed only once all of the piece's audio arrived whole. With `share`, the audio
+        goes to the other speakers too (and they cache it by the same rule). The first `skip`
+        bytes were already played (from a speaker that went silent): cached and shared, not played."""
         source, cache = self.source, self.source.cache
         assert source.client is not None
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
+        shared = (source.peers.share(key, self.request.sample_rate, self.request.broadcast)
+                  if share and source.peers is not None else None)
+        self._skip = skip
         try:
             resumed = None
             if source.client.uses_websocket(self.request.params, source.transport):
                 try:
-                    resumed = self._stream(piece, writer, source.transport)
+                    resumed = self._stream(piece, writer, source.transport, shared)
                 except WebSocketUnusable as exc:  # nothing was played or written
                     (log.info if exc.refused else log.warning)(
                         "asking Coze over HTTP: the WebSocket speech API failed before any audio (%s)", exc)
@@ -270,21 +316,25 @@ class OpenSpeech:
                 resumed = False
                 for n, part in enumerate(parts):
                     try:
-                        resumed = self._stream(part, writer, "http") or resumed
+                        resumed = self._stream(part, writer, "http", shared) or resumed
                     except CozeError:
                         if n:  # the first sentence was spoken: the offline voice says the rest
                             self._unspoken = " ".join(parts[n:])
                         raise
             self.synthesized += 1
-            if writer is not None:
-                if resumed:
-                    log.info("not caching %r: its audio was joined from two responses", piece[:40])
-                    writer.abort()
-                else:
+            if resumed:  # not cached here, so not by the others either
+                log.info("not caching %r: its audio was joined from two responses", piece[:40])
+            else:
+                if writer is not None:
                     writer.commit()
+                if shared is not None:
+                    shared.commit()
+                    shared = None
         finally:
             if writer is not None:
                 writer.abort()
+            if shared is not None:
+                shared.abort()
 
     def _http_parts(self, piece: str, first: bool) -> list:
         """The HTTP requests for a piece: its first sentence alone, then the rest, when it is
@@ -296,16 +346,21 @@ class OpenSpeech:
                 return list(split)
         return [piece]
 
-    def _stream(self, text: str, writer: Optional[CacheWriter], transport: str) -> bool:
-        """Stream one request's audio to the player and the cache writer; True when it was
-        joined from two responses (not to be cached)."""
+    def _stream(self, text: str, writer: Optional[CacheWriter], transport: str,
+                shared: Optional[PeerShare] = None) -> bool:
+        """Stream one request's audio to the player, the cache writer and the other speakers;
+        True when it was joined from two responses (not to be cached)."""
         assert self.source.client is not None
         stream = self.source.client.speech(text, self.request.params, remaining=self._time_left,
                                            before_request=lambda: self._before_request(text), transport=transport)
         for chunk in stream:
             if writer is not None:
                 writer.write(chunk)
-            if not self._closed.is_set():
+            if shared is not None:
+                shared.write(chunk)
+            if self._skip:
+                chunk, self._skip = chunk[self._skip:], max(0, self._skip - len(chunk))
+            if chunk and not self._closed.is_set():
                 self._put(chunk)
         return stream.resumed
 
