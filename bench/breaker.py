@@ -37,7 +37,8 @@ from typing import List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import BenchFake, Client, DaemonProcess, StampSink, daemon_config, start_broker, which  # noqa: E402
+from harness import (BenchFake, Client, DaemonProcess, StampSink, daemon_config, start_broker, which,  # noqa: E402
+                     write_section)
 from fake_coze import Fault  # noqa: E402  (tests/fake_coze.py, on the path through harness)
 
 from coze_speaker.vocabulary import BREAKER_MAX_COOLDOWN  # noqa: E402
@@ -276,16 +277,6 @@ def summary(cases: List[Case], cooldown: float) -> List[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put the section at the end of the file, replacing an earlier copy of it."""
-    text = path.read_text() if path.exists() else ""
-    at = text.find(HEADING)
-    if at >= 0:
-        end = text.find("\n## ", at + len(HEADING))
-        text = text[:at] + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n\n" + section)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (under a minute)")
@@ -317,7 +308,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        seconds=time.monotonic() - t0)
     print(section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), HEADING, section)
         print(f"bench: wrote the section at the end of {args.out}")
     return 0
 

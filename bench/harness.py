@@ -83,6 +83,17 @@ def which(name: str) -> Optional[str]:
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
 
 
+def write_section(path: Path, heading: str, section: str) -> None:
+    """Put a hand-run benchmark's section at the end of a report, replacing an earlier copy of
+    it (the sections after bench/run.py's analysis marker are kept by it)."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find(heading)
+    if at >= 0:
+        end = text.find("\n## ", at + len(heading))
+        text = text[:at] + (text[end + 1:] if end >= 0 else "")
+    path.write_text(text.rstrip("\n") + "\n\n" + section)
+
+
 def wait_subscribed(proc: "subprocess.Popen[bytes]", timeout: float = 10.0) -> None:
     """Read `mosquitto_sub -d` output until the broker acknowledged the subscription."""
     assert proc.stdout is not None

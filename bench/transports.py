@@ -49,7 +49,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (RATE, BenchFake, Client, DaemonProcess, StampSink, daemon_config, rss_kib,  # noqa: E402
-                     start_broker, which)
+                     start_broker, which, write_section)
 from mqtt_helpers import free_port  # noqa: E402  (tests/mqtt_helpers.py)
 from run import code_version, machine_info  # noqa: E402  (bench/run.py: what ran, on what)
 
@@ -342,16 +342,6 @@ def plot(path: Path, columns: List[Column], lengths: tuple, quick: bool) -> Opti
     return None
 
 
-def write_section(path: Path, section: str) -> None:
-    """Put the section at the end of the file, replacing an earlier copy of it."""
-    text = path.read_text() if path.exists() else ""
-    at = text.find(HEADING)
-    if at >= 0:
-        end = text.find("\n## ", at + len(HEADING))
-        text = text[:at] + (text[end + 1:] if end >= 0 else "")
-    path.write_text(text.rstrip("\n") + "\n\n" + section)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (under a minute)")
@@ -389,7 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        lengths=LENGTHS)
     print(section)
     if args.out:
-        write_section(Path(args.out), section)
+        write_section(Path(args.out), HEADING, section)
         print(f"bench: wrote the section at the end of {args.out}" + (f" and {png_path}" if png_rel else ""))
     return 0
 
