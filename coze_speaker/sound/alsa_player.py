@@ -22,8 +22,7 @@ import threading
 import time
 from typing import Any, Iterable, Optional, Tuple
 
-from .aplay import _Replay
-from .player import (_END, FAILED, MISSING, Player, PlayerError, _check_rate, _Failure, _Source, _Stopped,
+from .player import (_END, FAILED, MISSING, Player, PlayerError, _Failure, _Replay, _Source, _Stopped,
                      classify_error, device_error_message)
 
 log = logging.getLogger(__name__)
@@ -169,33 +168,8 @@ class AlsaPlayer(Player):
             keeper.join(timeout=2.0)
 
     def play(self, chunks: Iterable[bytes], rate: int) -> bool:
-        rate = _check_rate(rate)
-        self._begin()
-        self.attempts = 0
-        source = _Source(chunks)
-        source.start()  # the cache read or Coze's first byte overlaps the device's open
-        consumed = _Replay()
-        try:
-            last: Optional[_Failure] = None
-            for attempt in range(1, self.retries + 1):
-                self.attempts = attempt
-                try:
-                    return self._attempt(source, consumed, rate)
-                except _Failure as failure:
-                    if self._stop_event.is_set():
-                        raise _Stopped() from None
-                    last = failure
-                    if consumed.overflowed:
-                        break  # too long to replay from memory: the caller replays it from its source
-                    log.info("alsa attempt %d/%d: %s", attempt, self.retries, failure.message)
-                    if attempt < self.retries and self._sleep(self.backoff * (2 ** (attempt - 1))):
-                        raise _Stopped() from None
-            assert last is not None
-            raise PlayerError(last.message, last.kind)
-        except _Stopped:
-            return self._stopped_result()
-        finally:
-            source.cancel()
+        # the source starts first: the cache read or Coze's first byte overlaps the device's open
+        return self._play_retrying(chunks, rate, self._attempt, name="alsa", start_source=True)
 
     # -- one attempt -----------------------------------------------------------------------
 

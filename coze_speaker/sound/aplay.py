@@ -15,34 +15,10 @@ import time
 from typing import Iterable, List, Optional
 
 from ..childenv import child_environment
-from .player import (_END, _POLL, FAILED, MISSING, Player, PlayerError, _check_rate, _Failure, _Source,
+from .player import (_END, _POLL, FAILED, MISSING, Player, PlayerError, _Failure, _Replay, _Source,
                      _Stopped, classify_error, device_error_message)
 
 log = logging.getLogger(__name__)
-
-#: Audio kept for replay on a retry within one play() (~10 s at 48 kHz). A longer
-#: announcement that fails later is handed back as a PlayerError, and the queue replays it
-#: from the cache or the source: memory stays bounded whatever the text's length.
-MAX_REPLAY_BYTES = 1_000_000
-
-
-class _Replay:
-    """The audio consumed so far by this play(), until it grows past ``limit``."""
-
-    def __init__(self, limit: int = MAX_REPLAY_BYTES) -> None:
-        self.limit = limit
-        self.chunks: List[bytes] = []
-        self.size = 0
-        self.overflowed = False
-
-    def append(self, chunk: bytes) -> None:
-        if self.overflowed:
-            return
-        self.size += len(chunk)
-        if self.size > self.limit:
-            self.overflowed, self.chunks = True, []
-        else:
-            self.chunks.append(chunk)
 
 # --------------------------------------------------------------------------- aplay
 
@@ -138,37 +114,14 @@ class AplayPlayer(Player):
             _kill(proc)
 
     def play(self, chunks: Iterable[bytes], rate: int) -> bool:
-        rate = _check_rate(rate)
-        self._begin()
-        self.attempts = 0
-        source = _Source(chunks)
-        consumed = _Replay()  # this announcement so far, replayed on a retry while it is small
-        try:
-            # aplay starts at once: its ~2 ms of start-up (ALSA config, device open) overlap
-            # the cache read or Coze's first byte instead of adding to them.
-            last: Optional[_Failure] = None
-            for attempt in range(1, self.retries + 1):
-                self.attempts = attempt
-                try:
-                    return self._attempt(source, consumed, rate)
-                except _Failure as failure:
-                    if self._stop_event.is_set():
-                        raise _Stopped()
-                    last = failure
-                    if consumed.overflowed:
-                        break  # too long to replay from memory: the caller replays it from its source
-                    log.info("aplay attempt %d/%d: %s", attempt, self.retries, failure.message)
-                    if "Resource temporarily unavailable" in failure.message and self.nonblocking:
-                        log.warning("aplay: device %r refuses a non-blocking open; retrying without -N", self.device)
-                        self.nonblocking = False
-                    if attempt < self.retries and self._sleep(self.backoff * (2 ** (attempt - 1))):
-                        raise _Stopped()
-            assert last is not None
-            raise PlayerError(last.message, last.kind)
-        except _Stopped:
-            return self._stopped_result()
-        finally:
-            source.cancel()
+        # aplay starts at once: its ~2 ms of start-up (ALSA config, device open) overlap the
+        # cache read or Coze's first byte instead of adding to them.
+        return self._play_retrying(chunks, rate, self._attempt, name="aplay", before_retry=self._before_retry)
+
+    def _before_retry(self, failure: _Failure) -> None:
+        if "Resource temporarily unavailable" in failure.message and self.nonblocking:
+            log.warning("aplay: device %r refuses a non-blocking open; retrying without -N", self.device)
+            self.nonblocking = False
 
     # one attempt -----------------------------------------------------------------
     def _spawn(self, rate: int, errfile) -> subprocess.Popen:

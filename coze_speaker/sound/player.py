@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Tuple
 
 from ..errors import SpeakerError
 
@@ -170,6 +170,30 @@ class _Source:
         self._cancel.set()
 
 
+#: Audio kept for replay on a retry within one play() (~10 s at 48 kHz). A longer
+#: announcement that fails later is handed back as a PlayerError, and the queue replays it
+#: from the cache or the source: memory stays bounded whatever the text's length.
+MAX_REPLAY_BYTES = 1_000_000
+
+
+class _Replay:
+    """The audio consumed so far by this play(), until it grows past ``limit``."""
+
+    def __init__(self, limit: int = MAX_REPLAY_BYTES) -> None:
+        self.limit = limit
+        self.chunks: List[bytes] = []
+        self.size = 0
+        self.overflowed = False
+
+    def append(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.overflowed, self.chunks = True, []
+        else:
+            self.chunks.append(chunk)
+
 class _Stopped(Exception):
     """Internal: stop() was requested."""
 
@@ -190,6 +214,10 @@ class Player:
     """Plays s16le mono PCM. Subclasses implement :meth:`play`."""
 
     name = "player"
+    #: attempts per play() and the first pause between them (device back ends set their own)
+    retries = 1
+    backoff = 0.0
+    attempts = 0
 
     def __init__(self, *, wake_ms: int = 0) -> None:
         self._stop_event = threading.Event()
@@ -221,6 +249,45 @@ class Player:
         self.close()
 
     # helpers for subclasses
+    def _play_retrying(self, chunks: Iterable[bytes], rate: int,
+                       attempt: "Callable[[_Source, _Replay, int], bool]", *, name: str,
+                       start_source: bool = False,
+                       before_retry: "Optional[Callable[[_Failure], None]]" = None) -> bool:
+        """The retry policy every device back end shares: up to `self.retries` attempts with
+        exponential backoff, replaying what was consumed while it is small (else the caller
+        replays it from its source); a stop ends it at once."""
+        rate = _check_rate(rate)
+        self._begin()
+        self.attempts = 0
+        source = _Source(chunks)
+        if start_source:
+            source.start()
+        consumed = _Replay()
+        try:
+            last: Optional[_Failure] = None
+            for number in range(1, self.retries + 1):
+                self.attempts = number
+                try:
+                    return attempt(source, consumed, rate)
+                except _Failure as failure:
+                    if self._stop_event.is_set():
+                        raise _Stopped() from None
+                    last = failure
+                    if consumed.overflowed:
+                        break  # too long to replay from memory
+                    logging.getLogger(type(self).__module__).info("%s attempt %d/%d: %s", name, number,
+                                                                  self.retries, failure.message)
+                    if before_retry is not None:
+                        before_retry(failure)
+                    if number < self.retries and self._sleep(self.backoff * (2 ** (number - 1))):
+                        raise _Stopped() from None
+            assert last is not None
+            raise PlayerError(last.message, last.kind)
+        except _Stopped:
+            return self._stopped_result()
+        finally:
+            source.cancel()
+
     def _begin(self) -> None:
         # A stop() that arrives before play() starts is meant for an earlier playback.
         self._stop_event.clear()
