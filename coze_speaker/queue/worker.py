@@ -347,8 +347,10 @@ class Announcer:
     def _next(self) -> Optional[Announcement]:
         with self._lock:
             while self._running:
-                prefer = self._overtakers.pop(0) if self._overtakers else None
-                ann = None if self._draining else self.policy.next_to_play(prefer)
+                ann = None
+                if not self._draining:
+                    prefer = self._overtakers.pop(0) if self._overtakers else None
+                    ann = self.policy.next_to_play(prefer)
                 if ann is not None:
                     return ann
                 self._lock.wait(timeout=self.policy.next_deadline_in(cap=5.0))
