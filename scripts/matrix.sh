@@ -76,6 +76,7 @@ unmount_all() {
   MOUNTS=()
 }
 trap unmount_all EXIT
+trap 'echo "matrix: stopped by a failure at line $LINENO" >&2' ERR
 trap 'exit 130' INT TERM
 mnt() {  # mnt TARGET mount-args...
   local target="$1"; shift
@@ -173,7 +174,7 @@ run_platform() {
   fi
   local result
   result="$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.* =+$' "$log" | tail -n 1 |
-            sed -E 's/^=+ //; s/ =+$//')"
+            sed -E 's/^=+ //; s/ =+$//' || true)"
   tests="$tests ${result:-no pytest summary (log: $log)} ($((SECONDS - t0)) s)"
 
   unmount_all
