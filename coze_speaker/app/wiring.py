@@ -77,17 +77,28 @@ class Voice:
         self.close()
 
 
+def _warn_if_coze_is_not_set_up(config: Config, client: Optional[CozeClient],
+                                 fallback: Optional[EspeakFallback]) -> None:
+    """The loud hint of a first run: what speaks instead of Coze, and how to set Coze up."""
+    missing = [what for what, absent in (("NO COZE TOKEN", client is None),
+                                         ("NO COZE VOICE", not config.coze.voice_id)) if absent]
+    if not missing:
+        return
+    speaks = ("the offline voice (espeak-ng) speaks everything that is not cached" if fallback else
+              "only phrases already in the cache can be spoken (fallback.engine: espeak-ng would speak the rest)")
+    log.warning("%s: %s. To speak with Coze, set coze.token (or coze.token_file, or export COZE_API_TOKEN=pat_...) "
+                "and coze.voice_id (`coze-speaker voices` lists them) in %s", " and ".join(missing), speaks,
+                config.source or "config.yaml (cp config.example.yaml config.yaml)")
+
+
 def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
                 warn_without_token: bool = False, offline_voice: bool = True) -> Voice:
     """The audio source and its parts; closes what it built if a later part fails.
     Without offline_voice (`cache warm`), a phrase Coze cannot speak fails instead."""
-    fallback = make_fallback(config.fallback) if offline_voice else None
+    fallback = make_fallback(config.fallback_engine(), config.fallback.voice) if offline_voice else None
     client = coze_client(config)
-    if client is None and warn_without_token:
-        log.warning("NO COZE TOKEN configured (coze.token, coze.token_file or $COZE_API_TOKEN): only "
-                    "phrases already in the cache can be spoken in the Coze voice%s",
-                    "; the espeak-ng fallback voice speaks the rest" if fallback else
-                    "; everything else fails (set fallback.engine: espeak-ng to speak it anyway)")
+    if warn_without_token:
+        _warn_if_coze_is_not_set_up(config, client, fallback)
     try:
         cache = open_cache(config)
     except BaseException:
@@ -96,7 +107,8 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
         raise
     guard = cost_guard(config, guard)
     source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc)
-    return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate))
+    return Voice(rate, client, cache, guard, fallback, source,
+                 RequestBuilder(config, rate, offline=fallback is not None))
 
 
 @dataclass
