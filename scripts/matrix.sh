@@ -101,6 +101,7 @@ build_base() {
     cp /usr/local/share/ca-certificates/*.crt "$base.tmp/usr/local/share/ca-certificates/"
     chroot "$base.tmp" /usr/sbin/update-ca-certificates >/dev/null 2>&1
   fi
+  [ -s "$base.tmp/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$base.tmp/etc/hosts"
   chroot "$base.tmp" apt-get clean
   touch "$base.tmp/.complete"
   mv "$base.tmp" "$base"
@@ -113,6 +114,48 @@ in_chroot() {  # in_chroot ROOT COMMAND...: a clean environment, like a fresh lo
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 "$@"
 }
 
+# Step 4 in the chroot: the quick start, then the line it prints; prints the bytes played last.
+FIRST_RUN='
+set -u
+cd /src/coze-speaker
+rm -f config.yaml
+printf "%s\n" "pcm.!default { type file slave.pcm { type null } file \"/tmp/played.raw\" format \"raw\" }" > /tmp/asound.conf
+: > /tmp/played.raw
+ALSA_CONFIG_PATH=/tmp/asound.conf scripts/run.sh > /tmp/run.log 2>&1 &
+daemon=$!
+trap "kill $daemon 2>/dev/null; wait $daemon; cat /tmp/run.log; [ ! -x /etc/init.d/mosquitto ] || /etc/init.d/mosquitto stop >/dev/null" EXIT
+for _ in $(seq 1200); do
+  grep -q "to make it speak: " /tmp/run.log && break
+  kill -0 $daemon 2>/dev/null || { echo "scripts/run.sh stopped"; exit 1; }
+  sleep 0.5
+done
+line="$(grep -o "to make it speak: .*" /tmp/run.log | head -n 1 | sed "s/^to make it speak: //")"
+[ -n "$line" ] || { echo "no mosquitto_pub line in 10 min"; exit 1; }
+echo "running: $line"
+eval "$line"
+for _ in $(seq 240); do
+  grep -qE "(finished|failed) [0-9a-f]+ " /tmp/run.log && break
+  sleep 0.5
+done
+grep -qE "finished [0-9a-f]+ \(.*offline voice" /tmp/run.log || { echo "not spoken with the offline voice"; exit 1; }
+bytes=$(stat -c %s /tmp/played.raw)
+[ "$bytes" -gt 0 ] || { echo "nothing reached the sound device"; exit 1; }
+trap - EXIT
+kill $daemon; wait $daemon || true
+[ ! -x /etc/init.d/mosquitto ] || /etc/init.d/mosquitto stop >/dev/null
+cat /tmp/run.log
+echo "$bytes bytes of audio"
+'
+
+# Whatever still runs inside the chroot (started by the steps above) is ended before unmounting.
+stop_chroot_processes() {
+  local root pid
+  root="$(readlink -f "$1")"
+  for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+    [ "$(readlink "/proc/$pid/root" 2>/dev/null)" = "$root" ] && kill "$pid" 2>/dev/null || true
+  done
+}
+
 SUMMARY=()
 FAILED=0
 
@@ -120,6 +163,7 @@ run_platform() {
   local name="$1" suite="${1%-*}" arch="${1##*-}"
   local dir="$CACHE/$name" start=$SECONDS
   local base="$dir/base" run="$dir/run" log="$dir/test.log" plain_log="$dir/plain-install.log"
+  local first_log="$dir/first-run.log"
   mkdir -p "$dir/apt-archives/partial" "$dir/pip-cache"
   [ "$arch" = amd64 ] || register_qemu
   build_base "$suite" "$arch" "$base"
@@ -173,13 +217,25 @@ run_platform() {
     FAILED=1
   fi
   local result
-  result="$(grep -E '^=+ .*[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.* =+$' "$log" | tail -n 1 |
+  result="$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped).* in [0-9.]+s.*$' "$log" | tail -n 1 |
             sed -E 's/^=+ //; s/ =+$//' || true)"
   tests="$tests ${result:-no pytest summary (log: $log)} ($((SECONDS - t0)) s)"
 
+  # 4. The README's quick start on this fresh machine: scripts/run.sh with no config file and
+  #    no token, then the mosquitto_pub line the daemon prints. The sound goes to an ALSA file
+  #    PCM (no sound card in a chroot); what matters is that audio arrives there.
+  t0=$SECONDS
+  local first="first run: FAILED (log: $first_log)"
+  if in_chroot "$root" /bin/bash -c "$FIRST_RUN" > "$first_log" 2>&1; then
+    first="first run (scripts/run.sh, no config, no token): spoke $(tail -n 1 "$first_log") in $((SECONDS - t0)) s"
+  else
+    FAILED=1
+  fi
+  stop_chroot_processes "$root"
+
   unmount_all
   rm -rf "$run"
-  local line="$name: Python $python, commit $commit; $plain; $tests; $((SECONDS - start)) s in all"
+  local line="$name: Python $python, commit $commit; $plain; $tests; $first; $((SECONDS - start)) s in all"
   [ "$built" -gt 5 ] && line="$line (chroot built in $built s)"
   echo "$line"
   SUMMARY+=("$line")
