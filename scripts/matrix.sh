@@ -19,6 +19,7 @@
 # Platforms: bullseye-amd64 (Python 3.9, Raspberry Pi OS 11's Debian), trixie-amd64
 # (Python 3.13), bookworm-arm64 (Raspberry Pi OS 12 64-bit, under qemu-user-static).
 # Needs root; debootstrap and qemu-user-static are installed when missing (apt).
+{ # the whole script is read before it runs, so editing it meanwhile cannot change a run
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -248,3 +249,4 @@ done
 echo "== matrix =="
 printf '%s\n' "${SUMMARY[@]}"
 exit "$FAILED"
+}
