@@ -42,11 +42,10 @@ if [ -n "$first_run" ]; then
   if ! broker_answers && [ "$(id -u)" = 0 ] && [ -x /usr/sbin/mosquitto ]; then
     echo "coze-speaker: starting mosquitto, the MQTT broker on localhost" >&2
     if [ -d /run/systemd/system ]; then
-      systemctl enable --now mosquitto
-    elif [ -x /etc/init.d/mosquitto ]; then
-      /etc/init.d/mosquitto start >/dev/null
-    else
-      /usr/sbin/mosquitto -d
+      systemctl enable --now mosquitto || true
+    else  # no systemd (a container, a chroot): Debian's config wants its pid file's directory
+      install -d -o mosquitto -g mosquitto /run/mosquitto 2>/dev/null || mkdir -p /run/mosquitto
+      /usr/sbin/mosquitto -d -c /etc/mosquitto/mosquitto.conf || /usr/sbin/mosquitto -d || true
     fi
     for _ in $(seq 50); do broker_answers && break; sleep 0.1; done
   fi

@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
-apt_install mosquitto mosquitto-clients alsa-utils libasound2-dev gcc python3-dev python3-venv espeak-ng openssl
+# openssl: the broker's TLS certificates; systemd: systemd-analyze checks the unit.
+apt_install mosquitto mosquitto-clients alsa-utils libasound2-dev gcc python3-dev python3-venv espeak-ng openssl \
+  systemd
 for tool in mosquitto aplay; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin"
 done
