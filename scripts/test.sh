@@ -8,9 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
 
-# openssl: the broker's TLS certificates; systemd: systemd-analyze checks the unit.
+# openssl: the broker's TLS certificates; systemd: systemd-analyze checks the unit (and
+# procps its ExecReload's /bin/kill).
 apt_install mosquitto mosquitto-clients alsa-utils libasound2-dev gcc python3-dev python3-venv espeak-ng openssl \
-  systemd
+  systemd procps
 for tool in mosquitto aplay; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin"
 done
