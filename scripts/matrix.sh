@@ -106,7 +106,6 @@ build_base() {
     cp /usr/local/share/ca-certificates/*.crt "$base.tmp/usr/local/share/ca-certificates/"
     chroot "$base.tmp" /usr/sbin/update-ca-certificates >/dev/null 2>&1
   fi
-  [ -s "$base.tmp/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$base.tmp/etc/hosts"
   chroot "$base.tmp" apt-get clean
   touch "$base.tmp/.complete"
   mv "$base.tmp" "$base"
@@ -182,7 +181,11 @@ run_platform() {
     MOUNTS+=("$root")
   fi
   cp /etc/resolv.conf "$root/etc/resolv.conf"
+  # Every installed Debian has an /etc/hosts that names localhost; not every debootstrap.
+  [ -s "$root/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
   mnt "$root/proc" -t proc proc
+  mnt "$root/sys" -t sysfs sysfs                          # systemd-analyze (systemd 247) wants
+  mnt "$root/sys/fs/cgroup" --bind /sys/fs/cgroup         # to know its cgroup
   mnt "$root/dev" --bind /dev
   mnt "$root/dev/pts" --bind /dev/pts
   mnt "$root/dev/shm" -t tmpfs -o mode=1777 shm
