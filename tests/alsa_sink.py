@@ -249,6 +249,25 @@ def hanging_aplay(directory: Path, read_stdin: bool = False, name: str = "hangin
     return path
 
 
+def processes_running(path: Path) -> list:
+    """Pids of live processes running the program ``path`` (a script: its interpreter's, also
+    through qemu-user). Unlike a pid file, this also sees a child killed before it wrote one,
+    which happens when the interpreter starts slower than the player's timeout (emulation)."""
+    target = str(path).encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if target in argv and pid_alive(int(entry)):
+            pids.append(int(entry))
+    return pids
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:

@@ -170,7 +170,8 @@ class Fault:
 
     Applied in this order:
 
-    1. ``hang``: sleep this many seconds before answering (woken by stop()).
+    1. ``hang``: sleep this many seconds before answering (woken by stop()); ``gate``: then
+       wait until that event is set (or stop()), for ordering without timing.
     2. ``drop``: close the socket without any response.
     3. ``code`` set: JSON error envelope ``{"code", "msg", "detail": {"logid"}}`` with
        ``Content-Type: application/json`` and HTTP ``http_status`` (default 200).
@@ -200,6 +201,7 @@ class Fault:
     stall: float = 0.0
     trickle_bytes: Optional[int] = None
     trickle_every: float = 0.0
+    gate: Optional[threading.Event] = None     # hold the answer until the test sets it (or stop())
 
     # convenient constructors (names differ from the fields on purpose)
     @classmethod
@@ -902,6 +904,9 @@ class FakeCoze:
         if fault is not None:
             if fault.hang:
                 self._sleep(fault.hang)
+            while fault.gate is not None and not fault.gate.wait(0.05):
+                if self._stop_event.is_set():
+                    raise _Aborted()
             if fault.drop:
                 rec.logid = ""
                 h.close_connection = True

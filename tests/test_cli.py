@@ -112,7 +112,8 @@ def test_say_with_a_bad_speed_names_the_field_and_sends_nothing(capsys, make_con
 
 
 def test_say_without_a_voice_says_how_to_find_one(capsys, make_config, fake_coze, tmp_path):
-    code, _, err = run(capsys, "-c", make_config(coze={"voice_id": None}), "say", "-o", tmp_path / "o.wav", "hi")
+    config = make_config(coze={"voice_id": None}, fallback={"engine": "none"})  # (auto: the offline voice speaks)
+    code, _, err = run(capsys, "-c", config, "say", "-o", tmp_path / "o.wav", "hi")
     assert code == 1 and "voice" in err and "coze-speaker voices" in err
     assert fake_coze.requests == []
 

@@ -71,7 +71,7 @@ def test_defaults_without_any_file(monkeypatch):
     assert c.audio.sample_rate == 48000 and c.audio.backend == "auto" and c.audio.volume == 100
     assert c.cache.dir == Path("~/.cache/coze-speaker").expanduser()
     assert c.state.dir == Path("~/.local/state/coze-speaker").expanduser()
-    assert c.quiet_hours is None and c.fallback.engine == "none" and c.logging.level == "info"
+    assert c.quiet_hours is None and c.fallback.engine == "auto" and c.logging.level == "info"
     assert c.limits.max_text_bytes == 8192 and c.queue.max_length == 100
 
 

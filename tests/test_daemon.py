@@ -15,7 +15,7 @@ import yaml
 
 from alsa_sink import alsa_sink  # noqa: F401  (fixture)
 from conftest import TOKEN, VOICE
-from fake_coze import FakeCoze
+from fake_coze import FakeCoze, Fault
 from mqtt_helpers import Probe, broker, probe  # noqa: F401  (fixtures)
 
 from coze_speaker.config import load_config
@@ -312,11 +312,16 @@ def test_state_reports_idle_and_cache(start_daemon, probe):
     assert state["last"] == "state check"
 
 
-def test_dedup_drops_a_repeat(start_daemon, probe):
+def test_dedup_drops_a_repeat(start_daemon, probe, fake_coze):
     start_daemon(queue={"dedup_seconds": 30})
+    held = threading.Event()  # d1 stays pending (its audio held at Coze) until d2 is dealt with
+    fake_coze.add_fault(SPEECH, Fault(gate=held))
     probe.publish(SAY, {"text": "only once", "id": "d1"})
     probe.publish(SAY, {"text": "only once", "id": "d2"})
-    assert probe.wait_event(EVENT, id="d2", event="dropped")["reason"] == "dedup"
+    try:
+        assert probe.wait_event(EVENT, id="d2", event="dropped")["reason"] == "dedup"
+    finally:
+        held.set()
     assert probe.wait_event(EVENT, id="d1", event="finished")
 
 

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from alsa_sink import alsa_sink, fake_aplay  # noqa: F401
 from conftest import TOKEN, VOICE
+from emulation import skip_memory_limits_under_emulation
 from fake_coze import FakeCoze, Fault
 from mqtt_helpers import Broker, Probe, broker, probe  # noqa: F401
 from test_daemon import AVAIL, EVENT, SAY, SPEECH, B, D, Running, pcm, slow_audio, start_daemon, write_config  # noqa: F401
@@ -335,9 +336,10 @@ def test_burst_of_1000_messages_is_accounted_for_with_bounded_memory(tmp_path, f
 
         probe.wait_for(all_final, timeout=180)
         after = d.rss_kb()
-        assert after - before < 30_000, (before, after)
         assert len(fake_coze.requests_to(SPEECH)) <= 11  # ten distinct phrases + warm up
         assert d.proc.poll() is None
+        skip_memory_limits_under_emulation()
+        assert after - before < 30_000, (before, after)
     finally:
         d.stop()
 
@@ -435,16 +437,19 @@ def test_the_log_says_what_was_spoken_and_why_not(tmp_path, fake_coze, broker, p
 def test_a_response_topic_cannot_command_a_speaker(start_daemon, probe, fake_coze):
     """MQTT 5 response topics under the base topic, hermes/ or the discovery prefix are refused:
     a client allowed to publish only to `say` must not stop a critical announcement."""
-    start_daemon()
+    running = start_daemon()
     slow_audio(fake_coze)
     probe.publish(SAY, {"text": "Smoke detected in the kitchen, please leave the house.", "id": "crit",
                         "priority": "critical"})
     probe.wait_event(EVENT, id="crit", event="started")
-    for topic in (f"{B}/{D}/stop", f"{B}/all/say", "hermes/tts/say", "homeassistant/device/x/config", "a/+/b"):
+    for topic in (f"{B}/{D}/stop", f"{B}/all/say", "hermes/tts/say", "homeassistant/device/x/config"):
         probe.publish(SAY, "{", response_topic=topic)
     refused = probe.wait_for(lambda _: [e for e in probe.events(EVENT, event="failed")
-                                        if (e.get("error") or {}).get("field") == "response_topic"][4:])
+                                        if (e.get("error") or {}).get("field") == "response_topic"][3:])
     assert refused
+    # A wildcard is refused too. Over MQTT it may never arrive: mosquitto 2.0.21 (Debian 13)
+    # disconnects a client that sends one (MQTT 5 forbids it), 2.0.11 passes it on.
+    assert not any(running.daemon.parts.front.response_topic_allowed(t) for t in ("a/+/b", "a/#"))
     assert probe.wait_event(EVENT, id="crit", event="finished", timeout=60)
     assert probe.on(f"{B}/{D}/stop") == [] and probe.on("hermes/tts/say") == []
     probe.publish(SAY, {"text": "reply elsewhere", "id": "ok"}, response_topic="my/replies")

@@ -41,7 +41,8 @@ def test_a_reload_hands_pending_announcements_over_with_their_events(start_daemo
     probe.wait_event(EVENT, id="playing", event="started")
     probe.publish(SAY, {"text": "waiting behind it", "id": "behind"})
     probe.wait_event(EVENT, id="behind", event="queued")
-    reload(r, probe, tmp_path, lambda d: d["coze"].pop("voice_id"))
+    reload(r, probe, tmp_path, lambda d: d.update(coze={**d["coze"], "voice_id": None},
+                                                  fallback={"engine": "none"}))  # no offline voice
     ev = probe.wait_event(EVENT, id="behind", event="failed", timeout=30)
     assert ev["error"]["code"] == "invalid" and ev["error"]["field"] == "voice_id"
     finals = [e for e in probe.events(EVENT, id="behind") if e["event"] not in ("queued", "started")]

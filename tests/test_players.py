@@ -16,6 +16,7 @@ from alsa_sink import (  # noqa: F401  (fixtures are used by name)
     fake_aplay,
     fake_runs,
     hanging_aplay,
+    processes_running,
     pid_alive,
     sine_pcm,
 )
@@ -306,8 +307,7 @@ def test_aplay_that_stops_reading_is_killed(tmp_path):
         player.play(chunked(data, 65536), 48000)
     assert info.value.kind == "failed"
     assert "accepted no audio" in str(info.value)
-    pid = int((tmp_path / "hanging-aplay.pid").read_text())
-    assert wait_until(lambda: not pid_alive(pid), timeout=5)
+    assert wait_until(lambda: not processes_running(script), timeout=5), "the stuck aplay is still running"
 
 
 def test_aplay_that_never_exits_is_killed(tmp_path):
@@ -317,8 +317,7 @@ def test_aplay_that_never_exits_is_killed(tmp_path):
         player.play([sine_pcm(2400, 24000)], 24000)
     assert info.value.kind == "failed"
     assert "did not finish" in str(info.value)
-    pid = int((tmp_path / "hanging-aplay.pid").read_text())
-    assert wait_until(lambda: not pid_alive(pid), timeout=5)
+    assert wait_until(lambda: not processes_running(script), timeout=5), "the stuck aplay is still running"
 
 
 def test_aplay_hung_child_can_be_stopped(tmp_path):

@@ -20,6 +20,7 @@ from ..config import Config, ConfigError, load_config
 from ..errors import SpeakerError
 from ..mqtt.bridge import MqttBridge
 from ..mqtt.frontend import MqttFrontEnd
+from ..mqtt.topics import say_command
 from ..queue.announcement import Announcement
 from ..queue.events import AnnouncementEvent, QueueEvent
 from ..queue.journal import Journal, Restored
@@ -186,6 +187,7 @@ class Daemon:
         log.info("coze-speaker %s: device %r, %s at %d Hz on %r, broker %s:%d", __version__,
                  self.config.mqtt.device_id, self.player.name, parts.voice.rate, self.config.audio.device,
                  self.config.mqtt.host, self.config.mqtt.port)
+        log.info("to make it speak: %s", say_command(self.config.mqtt))
         ready = False
         interval = sdnotify.watchdog_interval()
         while not self._stop.is_set():

@@ -136,6 +136,20 @@ def transport(config: Config, *, plays: bool = True) -> str:
     return "http" if chosen == "auto" and not plays else chosen
 
 
+def _warn_if_coze_is_not_set_up(config: Config, client: Optional[CozeClient],
+                                 fallback: Optional[EspeakFallback]) -> None:
+    """The loud hint of a first run: what speaks instead of Coze, and how to set Coze up."""
+    missing = [what for what, absent in (("NO COZE TOKEN", client is None),
+                                         ("NO COZE VOICE", not config.coze.voice_id)) if absent]
+    if not missing:
+        return
+    speaks = ("the offline voice (espeak-ng) speaks everything that is not cached" if fallback else
+              "only phrases already in the cache can be spoken (fallback.engine: espeak-ng would speak the rest)")
+    log.warning("%s: %s. To speak with Coze, set coze.token (or coze.token_file, or export COZE_API_TOKEN=pat_...) "
+                "and coze.voice_id (`coze-speaker voices` lists them) in %s", " and ".join(missing), speaks,
+                config.source or "config.yaml (cp config.example.yaml config.yaml)")
+
+
 def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
                 warn_without_token: bool = False, offline_voice: bool = True, plays: bool = True,
                 fleet: bool = False) -> Voice:
@@ -144,13 +158,10 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
     plays (`cache warm` again), misses are fetched for the cache only: `auto` goes over HTTP
     and first_sentence_first (an extra request for earlier sound) is off. With `fleet` (the
     daemon), the other speakers on the base topic are a source too."""
-    fallback = make_fallback(config.fallback) if offline_voice else None
+    fallback = make_fallback(config.fallback_engine(), config.fallback.voice) if offline_voice else None
     client = coze_client(config)
-    if client is None and warn_without_token:
-        log.warning("NO COZE TOKEN configured (coze.token, coze.token_file or $COZE_API_TOKEN): only "
-                    "phrases already in the cache can be spoken in the Coze voice%s",
-                    "; the espeak-ng fallback voice speaks the rest" if fallback else
-                    "; everything else fails (set fallback.engine: espeak-ng to speak it anyway)")
+    if warn_without_token:
+        _warn_if_coze_is_not_set_up(config, client, fallback)
     try:
         cache = open_cache(config)
     except BaseException:
@@ -162,7 +173,8 @@ def build_voice(config: Config, *, rate: int, guard: Optional[CostGuard] = None,
     source = AudioSource(client, cache, guard=guard, fallback=fallback, host=urlsplit(config.coze.base_url).netloc,
                          breaker=coze_breaker(config, client), transport=transport(config, plays=plays),
                          first_sentence_first=plays and config.coze.first_sentence_first, peers=peers)
-    return Voice(rate, client, cache, guard, fallback, source, RequestBuilder(config, rate), peers)
+    return Voice(rate, client, cache, guard, fallback, source,
+                 RequestBuilder(config, rate, offline=fallback is not None), peers)
 
 
 @dataclass

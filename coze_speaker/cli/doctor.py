@@ -8,6 +8,7 @@ the daemon would only warn about at start, or fail on at the first announcement,
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import threading
 from typing import TYPE_CHECKING, List, Optional, Tuple
@@ -143,6 +144,8 @@ def check_audio(config: Config) -> Check:
         with make_player(a.backend, a.device, retries=0) as player:
             player.play(iter([silence(rate, 50)]), rate)
     except PlayerError as exc:
+        if a.backend == "simpleaudio" and importlib.util.find_spec("simpleaudio") is None:
+            return (False, f"audio: {exc}", "install the extra named above, or use audio.backend: aplay (or auto)")
         fix = {"busy": "another program holds the device: stop it, or use a dmix device",
                "missing": "check audio.device against `coze-speaker devices` / `aplay -L`, and that the user is in "
                           "the audio group"}.get(exc.kind, "see the message; try `aplay -D DEVICE` by hand")
@@ -160,19 +163,22 @@ def check_fallback(config: Config) -> Check:
     from ..voice.fallback import EspeakFallback, FallbackError
 
     f = config.fallback
-    if f.engine != "espeak-ng":
-        return (True, f"offline voice: none (fallback.engine: {f.engine}; uncached phrases fail while Coze "
-                      "cannot speak)", "")
+    engine = config.fallback_engine()  # auto decided: espeak-ng while Coze is not set up
+    setting = f"fallback.engine is {f.engine}" + ("" if f.engine != "auto" else
+                                                 " and Coze is set up" if engine == "none" else
+                                                 " and Coze is not set up (no token or no voice_id)")
+    if engine != "espeak-ng":
+        return (True, f"offline voice: none ({setting}; uncached phrases fail while Coze cannot speak)", "")
     voice = EspeakFallback(f.voice)
     if not voice.available:  # the daemon's own test, which it only warns about at start
-        return (False, f"offline voice: fallback.engine is espeak-ng but {voice.binary} is not installed "
-                       "(or not on PATH)", "apt-get install espeak-ng, or set fallback.engine: none")
+        return (False, f"offline voice: {setting}{',' if f.engine == 'auto' else ''} but {voice.binary} is not "
+                       "installed (or not on PATH)", "apt-get install espeak-ng, or set fallback.engine: none")
     try:
         voice.synthesize("ok", play_rate(config, for_file=True))
     except FallbackError as exc:
         return (False, f"offline voice: {exc}",
                 "check fallback.voice against `espeak-ng --voices`, or set it to null for the default")
-    return (True, f"offline voice: espeak-ng{f' ({f.voice})' if f.voice else ''} speaks", "")
+    return (True, f"offline voice: espeak-ng{f' ({f.voice})' if f.voice else ''} speaks ({setting})", "")
 
 
 def check_cache(config: Config) -> Check:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-FALLBACK_ENGINES = ("none", "espeak-ng")
+FALLBACK_ENGINES = ("auto", "none", "espeak-ng")
 
 _NAME_RE = re.compile(r"^[a-z0-9_-]+$")
 _name = pattern(_NAME_RE)
@@ -239,7 +239,8 @@ def _quiet_rules(values: Mapping[str, Any], path: str) -> Problems:
 class FallbackConfig:
     """The offline voice for phrases Coze cannot speak and the cache does not hold."""
 
-    engine: str = key("none", one_of(*FALLBACK_ENGINES), "none or espeak-ng; its audio is never cached.")
+    engine: str = key("auto", one_of(*FALLBACK_ENGINES),
+                      "auto (espeak-ng while there is no token or voice_id), none or espeak-ng; never cached.")
     voice: Optional[str] = key(None, optional(string()), "espeak-ng voice name, e.g. en-us; null = its default.")
 
 
@@ -279,3 +280,12 @@ class Config:
     logging: LoggingConfig = subsection(LoggingConfig, "Logging.")
     source: Optional[Path] = None
     warnings: Tuple[str, ...] = ()
+
+    def fallback_engine(self) -> str:
+        """``fallback.engine`` with ``auto`` decided: the offline voice while Coze is not set up
+        (no token, or no ``coze.voice_id``), so a first run without a config file speaks; none
+        once it is, so a Coze failure is reported as such unless espeak-ng is asked for."""
+        engine = self.fallback.engine
+        if engine == "auto":
+            return "espeak-ng" if self.coze.token is None or not self.coze.voice_id else "none"
+        return engine

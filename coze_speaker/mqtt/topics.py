@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+
+from ..config import MqttConfig
 
 AVAILABLE = b"online"
 NOT_AVAILABLE = b"offline"
@@ -77,3 +80,19 @@ class Topics:
     def discovery(self) -> str:
         """Home Assistant's device-based discovery config of this speaker."""
         return f"{self.discovery_prefix}/device/{self.device}/config"
+
+def say_command(mqtt: MqttConfig, text: str = "Hello from coze-speaker") -> str:
+    """The one shell line that makes this speaker speak (logged at start): the broker, TLS and
+    user of the config; never the password itself."""
+    args = ["mosquitto_pub", "-h", mqtt.host, "-p", str(mqtt.port)]
+    if mqtt.tls is not None:
+        args += ["--cafile", str(mqtt.tls.ca_certs)] if mqtt.tls.ca_certs else ["--capath", "/etc/ssl/certs"]
+        if mqtt.tls.certfile:
+            args += ["--cert", str(mqtt.tls.certfile)] + (["--key", str(mqtt.tls.keyfile)] if mqtt.tls.keyfile else [])
+        if mqtt.tls.insecure:
+            args.append("--insecure")
+    line = " ".join(shlex.quote(a) for a in args)
+    if mqtt.username:
+        line += f" -u {shlex.quote(mqtt.username)}" + (" -P \"$MQTT_PASSWORD\"" if mqtt.password else "")
+    say = Topics(mqtt.base_topic, mqtt.device_id).say
+    return f"{line} -t {shlex.quote(say)} -m {shlex.quote(text)}"

@@ -14,11 +14,17 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- simpleaudio
 
 
+#: How to get the module: an extra, since it is compiled (no Linux wheels on PyPI).
+INSTALL_HINT = "pip install 'coze-speaker[simpleaudio]' (it builds with gcc, python3-dev and libasound2-dev)"
+
+
 def _import_simpleaudio():
+    """The module, imported on first use: coze-speaker installs and runs without it (aplay)."""
     try:
         import simpleaudio  # type: ignore
     except ImportError as exc:
-        raise PlayerError(f"simpleaudio is not installed: {exc}", MISSING) from None
+        raise PlayerError(f"audio.backend simpleaudio needs the simpleaudio module, which is not installed ({exc}): "
+                          f"{INSTALL_HINT}, or set audio.backend: aplay", MISSING) from None
     return simpleaudio
 
 

@@ -66,12 +66,13 @@ def parse_streamed_wav(data: bytes) -> "tuple[int, bytes]":
         raise FallbackError(f"the offline voice's output is unusable ({exc})") from None
 
 
-def make_fallback(config: object) -> Optional[EspeakFallback]:
-    """The configured fallback voice, or None (`fallback.engine: none`)."""
-    engine = getattr(config, "engine", "none")
+def make_fallback(engine: str, voice: Optional[str] = None) -> Optional[EspeakFallback]:
+    """The offline voice for ``engine`` (``Config.fallback_engine()``: auto already decided),
+    or None for none."""
     if engine != "espeak-ng":
         return None
-    fallback = EspeakFallback(getattr(config, "voice", None))
+    fallback = EspeakFallback(voice)
     if not fallback.available:
-        log.warning("fallback.engine is espeak-ng but it is not installed (apt-get install espeak-ng)")
+        log.warning("the offline voice espeak-ng is not installed (apt-get install espeak-ng): phrases Coze "
+                    "cannot speak fail")
     return fallback

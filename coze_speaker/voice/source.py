@@ -73,7 +73,8 @@ class AudioSource:
 
     def is_cached(self, request: SpeechRequest) -> bool:
         """True when every piece is on disk (no hit or miss is counted)."""
-        return self.cache is not None and all(self.cache.contains(self.key(p, request)) for p in request.pieces)
+        return (self.cache is not None and request.offline is None
+                and all(self.cache.contains(self.key(p, request)) for p in request.pieces))
 
     def open(self, request: SpeechRequest, *, use_cache: bool = True, start: bool = True,
              token: Optional[CancelToken] = None) -> "OpenSpeech":
@@ -186,6 +187,11 @@ class OpenSpeech:
 
     def _produce(self) -> None:
         try:
+            if self.request.offline is not None:  # no Coze voice to ask for: no lookup, no request
+                if self.source.fallback is None:
+                    raise self.request.offline
+                self.fallback_reason = self.request.offline
+                log.warning("speaking with the offline voice: %s", self.request.offline)
             for n, piece in enumerate(self.request.pieces):
                 if self._closed.is_set():
                     break
