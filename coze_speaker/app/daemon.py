@@ -111,6 +111,7 @@ class Daemon:
         """Every part for this config, nothing started; on failure nothing is left open."""
         rate = play_rate(config)
         voice = build_voice(config, rate=rate, guard=guard, warn_without_token=True, fleet=True)
+        voices: "Optional[VoiceCatalog]" = None
         try:
             sound = build_sound(config, rate=rate, player=self._player_override, device_retries=False)
             device = config.mqtt.device_id
@@ -118,7 +119,6 @@ class Daemon:
             saved = store.load("volume")
             volume = saved if isinstance(saved, int) and 0 <= saved <= 100 else config.audio.volume
             front: Optional[MqttFrontEnd] = None
-            voices: "Optional[VoiceCatalog]" = None
 
             def sink(event: QueueEvent) -> None:  # the front end is built next, with the worker
                 if front is not None:
