@@ -273,7 +273,7 @@ class Bench:
         self.warm(wclient, PHRASES)
 
         # 1. cache hit, interleaved with the floors --------------------------------------------
-        n = 20 if self.quick else 300
+        n = self.args.hits or (20 if self.quick else 300)
         floor_files = {}
         for i, text in enumerate(PHRASES):
             floor_files[text] = self.work / f"floor-{i}.pcm"
@@ -1127,6 +1127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="seed of the household week")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # e.g. "main,long" while developing
+    parser.add_argument("--hits", type=int, default=0, help=argparse.SUPPRESS)  # cache-hit samples (A/B runs)
     args = parser.parse_args(argv)
     out = Path(args.out)
     png = Path(args.png) if args.png else out.with_name("latency.png")

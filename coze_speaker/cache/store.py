@@ -108,20 +108,22 @@ class PhraseCache:
         """Where the entry for key lives (whether or not it exists)."""
         return files.entry_path(self._dir, check_key(key))
 
-    def lookup(self, key: str) -> Optional[CacheEntry]:
+    def lookup(self, key: str, *, count: bool = True) -> Optional[CacheEntry]:
         """The verified entry for key, counting a hit (and refreshing its LRU time), or None and a miss.
 
         Verified means its header matches the file size and its samples their crc32, so a
         damaged entry never plays: it is deleted and reported as a miss (synthesized again).
         Costs one read of the entry (its crc32 runs at memory speed, ~1 ms for 30 s of 48 kHz
         audio, and leaves the file in the page cache for the play) plus one small index
-        transaction, whatever the number of entries.
+        transaction, whatever the number of entries. With count=False nothing is counted: the
+        caller counts the hit with `count_hit` once its first sound is out (the index
+        transaction stays off that path) and leaves a miss to whoever produces the audio.
         """
         self._check_open()
         path = self.entry_path(key)
         entry, problem, st = files.inspect_entry(key, path, verify=True)
         if entry is not None:
-            if self._record(key, entry=entry, st=st):
+            if not count or self._record(key, entry=entry, st=st):
                 return entry
             return None  # evicted by another thread or process since the check: a miss
         if problem is not None:
@@ -130,8 +132,17 @@ class PhraseCache:
                 files.remove_if_unchanged(path, st)
             else:
                 log.warning("phrase cache entry %s is unusable: %s", path, problem)
-        self._record(key)
+        if count:
+            self._record(key)
         return None
+
+    def count_hit(self, entry: CacheEntry) -> None:
+        """Count a hit on an entry found with lookup(count=False) and refresh its LRU time."""
+        try:
+            st: Optional[os.stat_result] = os.stat(entry.path)
+        except OSError:
+            st = None  # evicted since: it was played all the same, and counts as a hit
+        self._record(entry.key, entry=entry, st=st)
 
     def contains(self, key: str) -> bool:
         """Whether a valid entry exists for key by its header (cheap: the checksum is left to

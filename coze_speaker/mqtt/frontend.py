@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: The retained state is published at most this often (seconds).
 STATE_INTERVAL = 0.2
+#: A change is published this long after it (seconds): an announcement's `queued` and
+#: `speaking` become one state message, sent after its first sound, not beside it.
+STATE_SETTLE = 0.02
 #: The state's `last` (the last announcement spoken to the end) keeps this many characters,
 #: and so does its `last_error`'s message; both are kept in the state dir under this name, so
 #: a restart or reload does not blank them.
@@ -470,6 +473,7 @@ class MqttFrontEnd:
     def _publish_states(self) -> None:
         while True:
             self._state_dirty.wait()
+            time.sleep(STATE_SETTLE)
             with self._state_lock:
                 if self._closed:
                     return

@@ -24,6 +24,7 @@ from ..sound.speaker import PlayResult, Speaker
 from ..voice.request import RequestBuilder, SpeechRequest
 from ..voice.source import MAX_AHEAD_BYTES, AudioSource, OpenSpeech
 from .announcement import Announcement, broadcast_of
+from .deadline import EXPIRED, DeadlineWatch
 from .events import AnnouncementEvent, EventSink, StateChanged
 from .journal import Journal
 from .policy import DUPLICATE, QueuePolicy, QueueSettings
@@ -36,8 +37,6 @@ DEVICE_RETRY_BASE = 1.0
 DEVICE_RETRY_MAX = 10.0
 #: Cancel reasons that are not the announcement's fault: it stays in the journal.
 SHUTDOWN = "shutdown"
-#: Cancel reason when the deadline passed before the first sound: it ends `expired`.
-EXPIRED = "expired"
 #: Cancel reason prefix of an urgent announcement cutting off the one that plays.
 INTERRUPTED_BY = "interrupted by "
 #: The worker counts as stuck (the systemd watchdog stops trusting it) when it holds an
@@ -93,6 +92,7 @@ class Announcer:
         self._overtakers: List[str] = []
         #: monotonic time after which the worker counts as stuck; None while idle
         self._stuck_after: Optional[float] = None
+        self._deadline = DeadlineWatch()
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
         self._unwatch: Callable[[], None] = lambda: None
@@ -250,6 +250,7 @@ class Announcer:
             self._thread.join(timeout)
         if self._keeper is not None:
             self._keeper.join(timeout)
+        self._deadline.close()
         if playing is not None:
             log.info("announcement %s was playing at shutdown; it stays queued", playing.id)
         return pending
@@ -400,7 +401,7 @@ class Announcer:
         volume = self.policy.volume_for(ann, self.volume)
         self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
         token = item.token
-        disarm = _expire_at_deadline(token)
+        disarm = self._deadline.arm(token)
         try:
             return self._attempts(ann, item, volume, disarm)
         finally:
@@ -427,7 +428,7 @@ class Announcer:
                 return "expired", {"reason": "ttl", "api_calls": calls}
             speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
             item.speech = None
-            if attempt == 0:
+            if attempt == 0 and not speech.local:  # a local hit has its audio at once
                 ahead = self._ready_ahead_of(ann, item, speech)
                 if ahead:
                     item.speech = speech  # it goes on synthesizing while the ready ones play
@@ -516,13 +517,14 @@ class Announcer:
                     break
                 if round_no == 0:
                     chunks: Any = recorded(speech)
+                    ready = speech.local
                 elif recording is not None:
-                    chunks = iter(recording)
+                    chunks, ready = iter(recording), True
                 else:
                     again = self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
-                    chunks = again
+                    chunks, ready = again, again.local
                 self._progress()
-                result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime,
+                result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime, ready=ready,
                                            after_first_audio=audible if round_no == 0 else None)
                 if round_no == 0:
                     total.first_audio = result.first_audio
@@ -575,17 +577,3 @@ class Announcer:
             self.sink(StateChanged())
         except Exception:
             log.exception("could not report a state change")
-
-
-def _expire_at_deadline(token: CancelToken) -> Callable[[], None]:
-    """Cancel `token` (reason EXPIRED) when its deadline passes before the first sound, so a
-    hung synthesis or a slow retry can never play an announcement late. Returns the disarm
-    function: once audio has started, the announcement plays to its end."""
-    left = token.remaining()
-    if left is None:
-        return lambda: None
-    timer = threading.Timer(max(0.0, left), token.cancel, args=(EXPIRED,))
-    timer.name = "coze-speaker-deadline"
-    timer.daemon = True
-    timer.start()
-    return timer.cancel

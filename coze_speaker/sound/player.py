@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import SpeakerError
 
@@ -93,8 +93,20 @@ def _check_rate(rate: Any) -> int:
 _CHUNK, _END, _ERROR = "chunk", "end", "error"
 
 
+class Ready:
+    """Chunks that are already here (a cache read, a recording): taking the next one never
+    blocks, so the player takes them in its own thread. A thread and two hand-offs between
+    threads are what a cache hit would otherwise pay before its first byte reaches the device."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+
 class _Source:
-    """Pull chunks from an iterable on a daemon thread.
+    """Pull chunks from an iterable on a daemon thread (in the caller's thread if it is Ready).
 
     The player then never blocks on a slow producer (a TTS stream): it waits on a queue
     in short slices and can notice stop() or a dead child at once. The queue is bounded,
@@ -109,11 +121,12 @@ class _Source:
         self._final: Optional[Tuple[str, Any]] = None
         self._thread = threading.Thread(target=self._run, name="player-source", daemon=True)
         self._started = False
+        self._inline: Optional[Iterator[bytes]] = iter(chunks) if isinstance(chunks, Ready) else None
 
     def start(self) -> None:
         """Begin pulling (idempotent): the aplay player first spawns its child, so the
         producer's work overlaps the child's start-up instead of delaying it."""
-        if not self._started:
+        if not self._started and self._inline is None:
             self._started = True
             self._thread.start()
 
@@ -142,12 +155,7 @@ class _Source:
             self._put((_ERROR, exc))
         finally:
             if self._cancel.is_set() and iterator is not None:
-                close = getattr(iterator, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # pragma: no cover - best effort
-                        pass
+                _close_iterator(iterator)
 
     @property
     def ended(self) -> bool:
@@ -155,9 +163,11 @@ class _Source:
 
     def get(self, timeout: float) -> Optional[Tuple[str, Any]]:
         """Next (kind, value), or None if nothing arrived within ``timeout``."""
-        self.start()
         if self._final is not None:
             return self._final
+        if self._inline is not None:
+            return self._take_inline()
+        self.start()
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -166,8 +176,30 @@ class _Source:
             self._final = item
         return item
 
+    def _take_inline(self) -> Tuple[str, Any]:
+        assert self._inline is not None
+        try:
+            for chunk in self._inline:
+                if chunk:
+                    return (_CHUNK, bytes(chunk))
+            self._final = (_END, None)
+        except Exception as exc:  # the player re-raises it, as it does the thread's
+            self._final = (_ERROR, exc)
+        return self._final
+
     def cancel(self) -> None:
         self._cancel.set()
+        if self._inline is not None and self._final is None:
+            _close_iterator(self._inline)  # a stop: the generators behind it end now, in this thread
+
+
+def _close_iterator(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # pragma: no cover - best effort
+            pass
 
 
 #: Audio kept for replay on a retry within one play() (~10 s at 48 kHz). A longer

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
 
 from ..cancel import CancelToken
-from .player import Player
+from .player import Player, Ready
 from .shaping import shape
 
 
@@ -32,7 +32,7 @@ class Speaker:
         self.rate = rate
 
     def play(self, chunks: Iterable[bytes], *, token: CancelToken, volume: int = 100,
-             chime: Optional[bytes] = None,
+             chime: Optional[bytes] = None, ready: bool = False,
              after_first_audio: Optional[Callable[[], None]] = None) -> PlayResult:
         """Play the chunks unless the token is cancelled; raises PlayerError (and whatever the
         chunks raise).
@@ -41,6 +41,8 @@ class Speaker:
         even started is not lost; cancelling it stops the device at once.
         `after_first_audio` runs once the first chunk has been handed on, never before it:
         work it starts (synthesizing the next announcement) stays off the first chunk's path.
+        `ready`: taking the next chunk never blocks (a cache read), so the player takes them in
+        its own thread (see player.Ready).
         """
         first: List[float] = []
 
@@ -59,7 +61,8 @@ class Speaker:
         started = time.monotonic()
         unregister = token.on_cancel(self.player.stop)
         try:
-            played = self.player.play(guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime)), self.rate)
+            stream: Iterable[bytes] = guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime))
+            played = self.player.play(Ready(stream) if ready else stream, self.rate)
         finally:
             unregister()
         return PlayResult(played=bool(played) and not token.cancelled,

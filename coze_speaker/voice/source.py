@@ -2,7 +2,9 @@
 
 `AudioSource.open()` gives an `OpenSpeech`: a producer thread reads cached pieces from disk,
 streams missing ones from Coze into the player and the cache at the same time, and fetches
-later pieces while earlier ones play. When Coze cannot speak a piece, the offline voice
+later pieces while earlier ones play. When every piece is in the cache (`local`), nothing can
+block: the player's own thread reads the entries, with no producer thread and no hand-off
+between threads on a cache hit's path. When Coze cannot speak a piece, the offline voice
 (if configured) does; while the circuit breaker says Coze is down, a missing piece goes to
 the offline voice at once. The announcement's cancel token stops the producer.
 
@@ -20,9 +22,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Union
 
-from ..cache import CacheError, CacheWriter, PhraseCache, cache_key
+from ..cache import CacheEntry, CacheError, CacheWriter, PhraseCache, cache_key
 from ..cancel import CancelToken
 from ..coze import CozeClient, CozeError, CozeValidationError, WebSocketUnusable
 from .breaker import CircuitBreaker
@@ -116,14 +118,17 @@ class OpenSpeech:
         self._ahead_bytes = 0
         self._produced = False
         self._space = threading.Condition()
-        self._thread = threading.Thread(target=self._produce, name="coze-speaker-synth", daemon=True)
+        self._thread: Optional[threading.Thread] = None  # the producer, made when needed (not for a local hit)
         self._started = threading.Lock()
+        self._from_piece = 0  # where the producer thread begins (after pieces read in the player's thread)
+        self._local: Optional[bool] = None
+        self._entries: List[CacheEntry] = []  # the pieces' verified entries, when local
         self._unregister = self.token.on_cancel(self.close)
 
     def start(self) -> None:
         """Begin producing in the background (idempotent)."""
         if self._started.acquire(blocking=False):
-            self._thread.start()
+            self._start_producer()
 
     @property
     def cached(self) -> bool:
@@ -134,7 +139,66 @@ class OpenSpeech:
     def stopped(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def local(self) -> bool:
+        """Every piece is in this speaker's cache and nothing else has to happen (no fleet
+        stream to send): iterating reads the entries in the caller's thread, which never
+        blocks. Decided once, before production starts, by looking the pieces up (verified,
+        not yet counted: each hit is counted once its first sound is out)."""
+        if self._local is None:
+            source, cache = self.source, self.source.cache
+            self._local = False
+            if (cache is not None and not self._started.locked() and self.use_cache
+                    and self.request.offline is None and (self.request.broadcast is None or source.peers is None)):
+                entries = []
+                for piece in self.request.pieces:
+                    entry = cache.lookup(source.key(piece, self.request), count=False)
+                    if entry is None or entry.rate != self.request.sample_rate:
+                        break
+                    entries.append(entry)
+                else:
+                    self._entries, self._local = entries, True
+        return self._local
+
     def __iter__(self) -> Iterator[bytes]:
+        if self.local and self._started.acquire(blocking=False):
+            yield from self._read_local()
+            return
+        yield from self._produced_chunks()
+
+    def _read_local(self) -> Iterator[bytes]:
+        """The cached pieces, read here. A piece that turns out to be gone or damaged before any
+        of it played (evicted by another process since the check) is produced by the thread,
+        from that piece on, as a miss would be."""
+        cache = self.source.cache
+        assert cache is not None
+        for n, entry in enumerate(self._entries):
+            if self._closed.is_set():
+                return
+            delivered = False
+            try:
+                for chunk in cache.read(entry):
+                    if self._closed.is_set():
+                        return
+                    self._produced = True
+                    self._output.set()
+                    yield chunk
+                    if not delivered:  # its first sound is out: the index's bookkeeping now
+                        delivered = True
+                        cache.count_hit(entry)
+            except CacheError as exc:
+                if delivered:
+                    raise CozeError(f"cached audio became unreadable while playing: {exc}") from None
+                log.warning("cached piece %d/%d: %s; producing it instead", n + 1, len(self._entries), exc)
+                self._from_piece = n
+                self._start_producer()
+                yield from self._produced_chunks()
+                return
+            self.cache_hits += 1
+        self._output.set()
+
+    def _produced_chunks(self) -> Iterator[bytes]:
+        """The producer thread's chunks, as they come."""
         self.start()
         while True:
             item = self._chunks.get()
@@ -165,8 +229,12 @@ class OpenSpeech:
         return self._output.wait(timeout)
 
     def join(self, timeout: Optional[float] = None) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout)
+
+    def _start_producer(self) -> None:
+        self._thread = threading.Thread(target=self._produce, name="coze-speaker-synth", daemon=True)
+        self._thread.start()
 
     def _put(self, chunk: bytes) -> None:
         """Hand a chunk to the player, waiting while too much audio is already ahead."""
@@ -193,6 +261,8 @@ class OpenSpeech:
                 self.fallback_reason = self.request.offline
                 log.warning("speaking with the offline voice: %s", self.request.offline)
             for n, piece in enumerate(self.request.pieces):
+                if n < self._from_piece:
+                    continue  # already played from the cache
                 if self._closed.is_set():
                     break
                 if self.fallback_reason is None:
