@@ -68,3 +68,17 @@ class CancelToken:
     def expired(self) -> bool:
         left = self.remaining()
         return left is not None and left < 0
+
+
+def cancel_at_deadline(token: CancelToken, reason: str) -> Callable[[], None]:
+    """Cancel `token` with `reason` when its deadline passes (the worker's: before the first
+    sound, so a hung synthesis or a slow retry never plays an announcement late). Returns
+    the disarm function: once audio has started, the announcement plays to its end."""
+    left = token.remaining()
+    if left is None:
+        return lambda: None
+    timer = threading.Timer(max(0.0, left), token.cancel, args=(reason,))
+    timer.name = "coze-speaker-deadline"
+    timer.daemon = True
+    timer.start()
+    return timer.cancel

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..cancel import CancelToken
+from ..cancel import CancelToken, cancel_at_deadline
+from ..cue import StartCue, when_started
 from ..errors import SpeakerError, error_fields
 from ..sound.player import PlayerError
 from ..sound.shaping import Chimes
@@ -63,6 +64,8 @@ class _Item:
     resume: bool = True
     #: seconds it already waited for its first audio (a slow miss that let others go first)
     waited: float = 0.0
+    #: a broadcast whose start the fleet synchronizes: when its device starts
+    cue: Optional[StartCue] = None
 
 
 class Announcer:
@@ -123,7 +126,8 @@ class Announcer:
         if ann.expired(self._clock()):
             self._event(ann, "expired", reason="ttl")
             return False
-        item = _Item(request, chime, CancelToken(ann.deadline, clock=self._clock))
+        token = CancelToken(ann.deadline, clock=self._clock)
+        item = _Item(request, chime, token, cue=self.source.start_cue(request, token, use_cache=ann.cache))
         evicted_item: Optional[_Item] = None
         with self._lock:  # held until `queued` is out, so `started` can never overtake it
             admission = self.policy.offer(ann, redelivery=redelivery, coalesce=not restored)
@@ -372,7 +376,8 @@ class Announcer:
                     if upcoming is not None and item is not None and item.speech is None:
                         # under the lock: the worker takes the item either before (and opens it
                         # itself) or after this, never in between (one synthesis per item)
-                        item.speech = self.source.open(item.request, use_cache=upcoming.cache, token=item.token)
+                        item.speech = self.source.open(item.request, use_cache=upcoming.cache, token=item.token,
+                                                       cue=item.cue)
                 if expired:
                     self._lock.release()
                     try:
@@ -398,13 +403,15 @@ class Announcer:
         if item.token.expired():
             return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
         volume = self.policy.volume_for(ann, self.volume)
-        self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
-        token = item.token
-        disarm = _expire_at_deadline(token)
+        # `started` now (the state, "speaking", follows once audible), or for a synchronized
+        # broadcast once its device starts on the plan (then with the planned start and error)
+        started = when_started(item.cue, lambda fields: self._event(ann, "started", **fields))
+        disarm = cancel_at_deadline(item.token, EXPIRED)
         try:
             return self._attempts(ann, item, volume, disarm)
         finally:
             disarm()
+            started()
 
     def _attempts(self, ann: Announcement, item: _Item, volume: int,
                   disarm: Callable[[], None]) -> Tuple[str, Dict[str, Any]]:
@@ -425,7 +432,8 @@ class Announcer:
         while True:
             if token.expired():
                 return "expired", {"reason": "ttl", "api_calls": calls}
-            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
+            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token,
+                                                     cue=item.cue)
             item.speech = None
             if attempt == 0:
                 ahead = self._ready_ahead_of(ann, item, speech)
@@ -523,7 +531,8 @@ class Announcer:
                     chunks = again
                 self._progress()
                 result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime,
-                                           after_first_audio=audible if round_no == 0 else None)
+                                           after_first_audio=audible if round_no == 0 else None,
+                                           cue=item.cue if round_no == 0 else None)
                 if round_no == 0:
                     total.first_audio = result.first_audio
                 elif isinstance(chunks, OpenSpeech):
@@ -576,16 +585,3 @@ class Announcer:
         except Exception:
             log.exception("could not report a state change")
 
-
-def _expire_at_deadline(token: CancelToken) -> Callable[[], None]:
-    """Cancel `token` (reason EXPIRED) when its deadline passes before the first sound, so a
-    hung synthesis or a slow retry can never play an announcement late. Returns the disarm
-    function: once audio has started, the announcement plays to its end."""
-    left = token.remaining()
-    if left is None:
-        return lambda: None
-    timer = threading.Timer(max(0.0, left), token.cancel, args=(EXPIRED,))
-    timer.name = "coze-speaker-deadline"
-    timer.daemon = True
-    timer.start()
-    return timer.cancel

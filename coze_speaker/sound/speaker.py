@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
 
 from ..cancel import CancelToken
+from ..cue import StartCue
 from .player import Player
+from .schedule import wait_until
 from .shaping import shape
 
 
@@ -33,7 +35,8 @@ class Speaker:
 
     def play(self, chunks: Iterable[bytes], *, token: CancelToken, volume: int = 100,
              chime: Optional[bytes] = None,
-             after_first_audio: Optional[Callable[[], None]] = None) -> PlayResult:
+             after_first_audio: Optional[Callable[[], None]] = None,
+             cue: Optional[StartCue] = None) -> PlayResult:
         """Play the chunks unless the token is cancelled; raises PlayerError (and whatever the
         chunks raise).
 
@@ -41,6 +44,8 @@ class Speaker:
         even started is not lost; cancelling it stops the device at once.
         `after_first_audio` runs once the first chunk has been handed on, never before it:
         work it starts (synthesizing the next announcement) stays off the first chunk's path.
+        With `cue` (a synchronized broadcast) the first audio plays at the cue's instant: the
+        alsa player starts its device on it; the others get the first chunk at the instant.
         """
         first: List[float] = []
 
@@ -49,6 +54,10 @@ class Speaker:
                 if token.cancelled:
                     return
                 if not first:
+                    if cue is not None and not precise:
+                        wait_until(cue, lambda: token.cancelled, token.wait)
+                        if token.cancelled:
+                            return
                     first.append(time.monotonic())
                     yield chunk
                     if after_first_audio is not None:
@@ -56,10 +65,16 @@ class Speaker:
                     continue
                 yield chunk
 
+        precise = cue is not None and self.player.starts_on_cue
         started = time.monotonic()
         unregister = token.on_cancel(self.player.stop)
         try:
-            played = self.player.play(guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime)), self.rate)
+            shaped = guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime))
+            if precise:
+                assert cue is not None
+                played = self.player.play_cued(shaped, self.rate, cue)
+            else:
+                played = self.player.play(shaped, self.rate)
         finally:
             unregister()
         return PlayResult(played=bool(played) and not token.cancelled,
