@@ -28,10 +28,11 @@ def test_all_good(capsys, tmp_path, fake_coze, broker, alsa_sink):
     code, out = doctor(capsys, write_config(tmp_path, fake_coze, broker))
     lines = [line for line in out.splitlines() if line[:1] in "✓✗"]
     assert code == 0, out
-    assert len(lines) == 8 and all(line.startswith("✓") for line in lines)
+    assert len(lines) == 9 and all(line.startswith("✓") for line in lines)  # the clock's is a warning at most
     assert "Coze token works" in out and "voice voice_0000" in out and "connected" in out
     assert "audio: aplay on 'default'" in out
     assert "offline voice: none" in out and f"state {tmp_path / 'state'}: writable" in out
+    assert "clock: " in out
 
 
 def test_each_failure_has_a_fix(capsys, tmp_path, fake_coze, broker, alsa_sink):

@@ -1,7 +1,7 @@
 """The package's shape: imports point one way along the flow, no cycles, no giant modules.
 
 Layers, lowest first (a module may import its own subpackage and anything below):
-base (vocabulary, errors, cancel, fsutil, sdnotify, childenv) < config < sound < cache, coze < voice
+base (vocabulary, errors, cancel, cue, clock, fsutil, sdnotify, childenv) < config < sound < cache, coze < voice
 < queue < mqtt, wyoming < app < cli. docs/architecture.md draws the same picture.
 """
 
@@ -13,7 +13,8 @@ from typing import Dict, List, Set, Tuple
 
 PKG = Path(__file__).resolve().parent.parent / "coze_speaker"
 LAYERS = {
-    "": 0, "vocabulary": 0, "errors": 0, "cancel": 0, "fsutil": 0, "sdnotify": 0, "childenv": 0,
+    "": 0, "vocabulary": 0, "errors": 0, "cancel": 0, "cue": 0, "clock": 0, "fsutil": 0, "sdnotify": 0,
+    "childenv": 0,
     "config": 1,
     "sound": 2,
     "cache": 3, "coze": 3,

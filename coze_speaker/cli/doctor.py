@@ -32,7 +32,8 @@ def run_checks(config_path: Optional[str], out=None) -> int:
         results.append((False, f"config: {exc}", "fix the lines named above (config.example.yaml documents every key)"))
         _print(results, out)
         return 1
-    for check in (check_token, check_voice, check_broker, check_audio, check_fallback, check_cache, check_state):
+    for check in (check_token, check_voice, check_broker, check_audio, check_fallback, check_cache, check_state,
+                  check_clock):
         try:
             results.append(check(config))
         except Exception as exc:  # a check must never crash the doctor
@@ -209,3 +210,24 @@ def check_state(config: Config) -> Check:
                        "queued announcements would not survive a restart",
                 "make state.dir a directory the daemon's user can write (systemd: StateDirectory=), or set state.dir")
     return (True, f"state {where}: writable", "")
+
+
+def check_clock(config: Config) -> Check:
+    """The system clock, which a fleet's rooms start a broadcast on: NTP-synchronized? (A
+    warning only: a speaker alone, or with fleet.sync off, does not need it.)"""
+    from ..clock import read_clock
+
+    clock = read_clock()
+    in_fleet = config.fleet.enabled and config.fleet.sync
+    if clock is None:
+        return (True, "clock: the kernel's NTP state cannot be read here (adjtimex); the rooms of a fleet start "
+                      "together only as closely as their clocks agree", "")
+    error = f"estimated error {clock.esterror_us / 1000:g} ms, at most {clock.maxerror_us / 1000:g} ms"
+    if clock.synchronized:
+        return (True, f"clock: synchronized by NTP ({error})", "")
+    found = f"clock: not synchronized by NTP (the kernel's {error})"
+    if in_fleet:
+        found += ("\n    warning: the rooms of a broadcast start at one instant of their own clocks, so they drift "
+                  "apart by as much as the clocks do: enable NTP (systemctl enable --now systemd-timesyncd, or "
+                  "install chrony) on every speaker")
+    return (True, found, "")

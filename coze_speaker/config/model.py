@@ -137,6 +137,9 @@ class FleetConfig:
                             "Seconds a phrase missing here is asked of the other speakers before Coze is.")
     chunk_bytes: int = key(16384, integer(1024, 131072),
                            "Audio bytes per MQTT message (keep well under the broker's message_size_limit).")
+    sync: bool = key(True, boolean(), "Start a broadcast at one instant in every room (false = each starts once its audio is there).")
+    sync_lead: float = key(0.4, number(0.05, 5),
+                           "Seconds from a broadcast's first audio to its planned start, 0.05 to 5 (above wake_ms).")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..cache import CacheError, PhraseCache
+from ..cue import StartCue
 from ..voice.peers import Broadcast, PeerShare, PeerTurn
 from .bridge import Incoming
 from .fleetaudio import InStream, OutStream, decode, encode
@@ -51,6 +52,11 @@ KEEP_STREAMS = 4
 MAX_SERVING = 4
 #: How often a waiting reader looks again (seconds; it is woken at once by new audio).
 POLL = 0.05
+#: Start plans kept (the latest ones; a broadcast's plan is used within seconds of arriving).
+KEEP_PLANS = 32
+#: A start plan further ahead of the local clock than this (seconds) is not one: ignored
+#: (sync_lead is at most 5 s), so no room holds its device open for a bogus instant.
+PLAN_HORIZON = 30.0
 
 Publish = Callable[[str, bytes], None]
 _DEVICE_RE = re.compile(r"^[a-z0-9_-]{1,128}$")
@@ -130,6 +136,9 @@ class Fleet:
         self.takeover = float(config.fleet.takeover)
         self.fetch_wait = float(config.fleet.fetch_wait)
         self.chunk_bytes = int(config.fleet.chunk_bytes)
+        #: a broadcast starts at one instant everywhere, `sync_lead` s after its first audio
+        self.sync = bool(config.fleet.sync)
+        self.sync_lead = float(config.fleet.sync_lead)
         self.cache = cache
         self.me = Member(self.device, tuple(mqtt.groups), rate, voice_fingerprint(config, rate), __version__,
                          CAPABILITIES)
@@ -143,6 +152,8 @@ class Fleet:
         self._online: Dict[str, bool] = {}
         self._streams: Dict[str, InStream] = {}
         self._wants: Dict[str, _Want] = {}
+        self._plans: List[Tuple[str, float, float]] = []  # (key, at, monotonic time received)
+        self._cues: List[Tuple[str, StartCue]] = []  # broadcasts waiting for their plan
         self._ids = itertools.count(1)
         self._run = f"{time.time_ns() % 10**10:x}"  # stream ids stay unique across restarts
         self._serving = threading.BoundedSemaphore(MAX_SERVING)
@@ -248,6 +259,11 @@ class Fleet:
                 if not broadcast and sid not in self._wants:
                     return  # an answer that came too late
                 stream = InStream(sid, str(header["k"]), int(header["r"]), sender, scope)
+                if broadcast and "at" in header:
+                    try:
+                        self._on_plan(stream.key, header["at"])
+                    except ValueError as exc:  # the audio is still good: played, without a plan
+                        log.warning("ignored the start plan of %s from %s: %s", stream.key[:12], sender, exc)
                 if broadcast or sid in self._wants:
                     stream.cache_into(self.cache)
                 self._streams[sid] = stream
@@ -260,6 +276,16 @@ class Fleet:
             else:
                 stream.add(int(header["n"]), data)
             self._cond.notify_all()
+
+    def _on_plan(self, key: str, at: Any) -> None:
+        """A broadcast's start plan (under _cond): kept, and given to the cues waiting for it."""
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not -3600 < at - time.time() < PLAN_HORIZON:
+            raise ValueError(f"not a start time: {str(at)[:40]}")
+        self._plans = self._plans[-(KEEP_PLANS - 1):] + [(key, float(at), time.monotonic())]
+        self._cues = [(k, cue) for k, cue in self._cues if not cue.closed]
+        for k, cue in self._cues:
+            if k == key:
+                cue.propose(float(at))
 
     def _forget_old(self) -> None:
         """Keep the streams being received, and the last few that ended."""
@@ -315,12 +341,28 @@ class Fleet:
         order = self.order(key, rate, broadcast.scope)
         return order[0] == self.device and len(order) > 1  # alone: nobody to stream to
 
-    def share(self, key: str, rate: int, broadcast: Optional[Broadcast]) -> PeerShare:
+    def share(self, key: str, rate: int, broadcast: Optional[Broadcast], *,
+              cue: Optional[StartCue] = None) -> PeerShare:
         header: Dict[str, Any] = {"s": self._new_id(), "k": key, "r": rate, "f": self.device}
         if broadcast is not None:
             header.update(b=broadcast.id, g=broadcast.scope)
         log.info("streaming %s to the fleet%s", key[:12], f" (broadcast {broadcast.id})" if broadcast else "")
-        return OutStream(self._send, self.audio_topic, header, self.chunk_bytes)
+        plan = None
+        if cue is not None and broadcast is not None:
+            def plan() -> float:  # at the first audio: the earliest plan known, else now + the lead
+                return cue.propose(time.time() + self.sync_lead)
+        return OutStream(self._send, self.audio_topic, header, self.chunk_bytes, plan=plan)
+
+    def plan(self, key: str, rate: int, broadcast: Broadcast, cue: StartCue) -> None:
+        if not self.sync or len(self.order(key, rate, broadcast.scope)) < 2:
+            cue.skip()  # alone in the scope: nobody to be in step with
+            return
+        cue.expect(self.takeover)
+        with self._cond:
+            self._cues = [(k, c) for k, c in self._cues if not c.closed] + [(key, cue)]
+            for k, at, received in self._plans:
+                if k == key and received >= cue.since:  # an earlier broadcast's plan does not count
+                    cue.propose(at)
 
     def receive(self, key: str, rate: int, *, broadcast: Optional[Broadcast],
                 stopped: threading.Event) -> Iterator[bytes]:

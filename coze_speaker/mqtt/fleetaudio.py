@@ -2,7 +2,8 @@
 
 One message = one line of JSON (the header) + b"\\n" + raw s16le PCM. A stream is a run of
 messages with one stream id `s`, numbered `n` = 0, 1, 2… and tagged with the cache key `k`,
-the rate `r`, the sender `f` and, for a broadcast, its id `b` and scope `g`; QoS 1 on one
+the rate `r`, the sender `f` and, for a broadcast, its id `b`, scope `g` and (first message,
+when its start is synchronized) the planned start `at` on the shared clock; QoS 1 on one
 topic from one publisher keeps them in order (also across a bridge). The last message says
 `end` with the total length and the crc32 of the whole audio: only then may a receiver
 cache it (the same rule as its own synthesis: only complete, verified audio), or `abort`.
@@ -108,8 +109,11 @@ class InStream:
 class OutStream:
     """Audio this speaker produces, sent to `topic` as it is produced (PeerShare)."""
 
-    def __init__(self, publish: Publish, topic: str, header: Dict[str, Any], chunk_bytes: int) -> None:
+    def __init__(self, publish: Publish, topic: str, header: Dict[str, Any], chunk_bytes: int, *,
+                 plan: Optional[Callable[[], float]] = None) -> None:
         self._publish = publish
+        #: a broadcast's start plan: asked when the first audio goes out, carried as `at` in it
+        self.plan = plan
         self.topic = topic
         self.header = header
         self.chunk_bytes = chunk_bytes
@@ -125,7 +129,10 @@ class OutStream:
                 return
             for i in range(0, len(chunk), self.chunk_bytes):
                 part = chunk[i:i + self.chunk_bytes]
-                self._publish(self.topic, encode({**self.header, "n": self.seq}, part))
+                header = {**self.header, "n": self.seq}
+                if self.seq == 0 and self.plan is not None:
+                    header["at"] = round(self.plan(), 6)
+                self._publish(self.topic, encode(header, part))
                 self.seq += 1
                 self.size += len(part)
                 self.crc = zlib.crc32(part, self.crc)

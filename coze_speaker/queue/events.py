@@ -31,6 +31,11 @@ class AnnouncementEvent:
     reason: Optional[str] = None
     error: Optional[Dict[str, Any]] = None
     fallback: Optional[bool] = None
+    #: `started` of a synchronized broadcast: the planned start (epoch s), how far from it the
+    #: first frame was due out of the device (ms, by its own delay), and whether it was on it
+    planned_start: Optional[float] = None
+    start_error_ms: Optional[float] = None
+    synchronized: Optional[bool] = None
     #: the announcement it is about (not part of the wire payload)
     announcement: Optional[Announcement] = field(default=None, compare=False, repr=False)
 

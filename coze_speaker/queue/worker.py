@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..cancel import CancelToken
+from ..cue import StartCue, when_started
 from ..errors import SpeakerError, error_fields
 from ..sound.player import PlayerError
 from ..sound.shaping import Chimes
@@ -62,6 +63,8 @@ class _Item:
     resume: bool = True
     #: seconds it already waited for its first audio (a slow miss that let others go first)
     waited: float = 0.0
+    #: a broadcast whose start the fleet synchronizes: when its device starts
+    cue: Optional[StartCue] = None
 
 
 class Announcer:
@@ -123,7 +126,8 @@ class Announcer:
         if ann.expired(self._clock()):
             self._event(ann, "expired", reason="ttl")
             return False
-        item = _Item(request, chime, CancelToken(ann.deadline, clock=self._clock))
+        token = CancelToken(ann.deadline, clock=self._clock)
+        item = _Item(request, chime, token, cue=self.source.start_cue(request, token, use_cache=ann.cache))
         evicted_item: Optional[_Item] = None
         with self._lock:  # held until `queued` is out, so `started` can never overtake it
             admission = self.policy.offer(ann, redelivery=redelivery, coalesce=not restored)
@@ -373,7 +377,8 @@ class Announcer:
                     if upcoming is not None and item is not None and item.speech is None:
                         # under the lock: the worker takes the item either before (and opens it
                         # itself) or after this, never in between (one synthesis per item)
-                        item.speech = self.source.open(item.request, use_cache=upcoming.cache, token=item.token)
+                        item.speech = self.source.open(item.request, use_cache=upcoming.cache, token=item.token,
+                                                       cue=item.cue)
                 if expired:
                     self._lock.release()
                     try:
@@ -399,13 +404,15 @@ class Announcer:
         if item.token.expired():
             return "expired", {"reason": "ttl"}  # went stale between the sweeps: never played late
         volume = self.policy.volume_for(ann, self.volume)
-        self._event(ann, "started")  # the state ("speaking") follows once it is audible, off this path
-        token = item.token
-        disarm = self._deadline.arm(token)
+        # `started` now (the state, "speaking", follows once audible), or for a synchronized
+        # broadcast once its device starts on the plan (then with the planned start and error)
+        started = when_started(item.cue, lambda fields: self._event(ann, "started", **fields))
+        disarm = self._deadline.arm(item.token)
         try:
             return self._attempts(ann, item, volume, disarm)
         finally:
             disarm()
+            started()
 
     def _attempts(self, ann: Announcement, item: _Item, volume: int,
                   disarm: Callable[[], None]) -> Tuple[str, Dict[str, Any]]:
@@ -426,7 +433,8 @@ class Announcer:
         while True:
             if token.expired():
                 return "expired", {"reason": "ttl", "api_calls": calls}
-            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token)
+            speech = item.speech or self.source.open(item.request, use_cache=ann.cache, start=False, token=token,
+                                                     cue=item.cue)
             item.speech = None
             if attempt == 0 and not speech.local:  # a local hit has its audio at once
                 ahead = self._ready_ahead_of(ann, item, speech)
@@ -525,7 +533,8 @@ class Announcer:
                     chunks, ready = again, again.local
                 self._progress()
                 result = self.speaker.play(chunks, token=token, volume=volume, chime=item.chime, ready=ready,
-                                           after_first_audio=audible if round_no == 0 else None)
+                                           after_first_audio=audible if round_no == 0 else None,
+                                           cue=item.cue if round_no == 0 else None)
                 if round_no == 0:
                     total.first_audio = result.first_audio
                 elif isinstance(chunks, OpenSpeech):

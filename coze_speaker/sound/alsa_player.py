@@ -22,8 +22,10 @@ import threading
 import time
 from typing import Any, Iterable, Optional, Tuple
 
+from ..cue import StartCue
 from .player import (_END, FAILED, MISSING, Player, PlayerError, _Failure, _Replay, _Source, _Stopped,
                      classify_error, device_error_message)
+from .schedule import due_out, silence_before
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class AlsaPlayer(Player):
     """
 
     name = "alsa"
+    starts_on_cue = True
 
     def __init__(self, device: str = "default", *, retries: int = 3, backoff: float = 0.2,
                  keep_open: float = 0.0, wake_ms: int = 0, stall_timeout: float = 5.0,
@@ -140,6 +143,7 @@ class AlsaPlayer(Player):
         self._silence = b""
         self._keeper: Optional[threading.Thread] = None
         self._closing = False
+        self._cue: Optional[StartCue] = None  # the start cue of the play in progress
 
     @property
     def is_open(self) -> bool:
@@ -171,15 +175,26 @@ class AlsaPlayer(Player):
         # the source starts first: the cache read or Coze's first byte overlaps the device's open
         return self._play_retrying(chunks, rate, self._attempt, name="alsa", start_source=True)
 
+    def play_cued(self, chunks: Iterable[bytes], rate: int, cue: StartCue) -> bool:
+        """The device is opened (or taken warm) at once and fed silence until the cue's
+        instant; the first audio frame is due out of it then (see _start_on)."""
+        self._cue = cue
+        try:
+            return self.play(chunks, rate)
+        finally:
+            self._cue = None
+
     # -- one attempt -----------------------------------------------------------------------
 
     def _attempt(self, source: _Source, consumed: _Replay, rate: int) -> bool:
         outcome = "done"  # played, or ended by the producer's own error: the device is fine
         try:
-            if self._acquire(rate):
+            cold = self._acquire(rate)
+            if cold:
                 wake = self._wake(rate)  # the device was closed: let the amplifier wake up
                 if wake:
                     self._write(wake)
+            cue = self._cue
             for chunk in consumed.chunks:
                 self._write(chunk)
             carry = b""  # chunks need not be whole frames; the device takes only whole ones
@@ -192,6 +207,8 @@ class AlsaPlayer(Player):
                     chunk, carry = carry + chunk, b""
                 if len(chunk) % 2:
                     chunk, carry = chunk[:-1], chunk[-1:]
+                if cue is not None and not cue.settled:
+                    self._start_on(cue, rate, cold)
                 self._write(chunk)
             self._finish()
             return True
@@ -203,6 +220,53 @@ class AlsaPlayer(Player):
             raise
         finally:
             self._release(outcome)
+
+    def _start_on(self, cue: StartCue, rate: int, cold: bool) -> None:
+        """Before the first audio frame: wait for the plan, then for its instant, feeding the
+        device silence paced by the clock (LEAD_PERIODS ahead, as when kept open), and write
+        the silence that makes the first audio frame due out at the instant, counting the
+        frames the device still holds. A device without a clock (the test sink's null PCM)
+        takes that silence at once: the audio is then written at the instant itself."""
+        period_s = self.period_ms / 1000.0
+        lead_s = LEAD_PERIODS * period_s
+        if cold:
+            with self._lock:
+                self._pace_from(time.monotonic())
+
+        def fed() -> bool:  # between waits for the plan: keep the device going; True once stopped
+            with self._lock:
+                if not self._stop_event.is_set():
+                    self._feed(time.monotonic())
+            return self._stop_event.is_set()
+
+        at = cue.wait_plan(fed, step=period_s)
+        if self._stop_event.is_set():
+            raise _Stopped()
+        if at is None:
+            return  # no plan needed, or none came in time: start at once (reported by the cue)
+        while True:  # bounded: the gap shrinks by a period per pass (a plan is at most 30 s ahead)
+            at = cue.at or at  # an earlier plan may have come meanwhile: the earliest wins
+            with self._lock:
+                if self._stop_event.is_set():
+                    raise _Stopped()
+                now, queued = time.time(), self._queued()
+                gap = at - due_out(now, queued, rate)
+                if gap <= lead_s:
+                    break
+                self._feed(time.monotonic())
+            if self._sleep(min(period_s, gap - lead_s)):
+                raise _Stopped()
+        silence = silence_before(at, now, queued, rate)
+        if silence:
+            self._write(bytes(2 * silence))
+        with self._lock:
+            now, queued = time.time(), self._queued()
+        if silence and queued < silence // 2:  # no clock: it took the silence at once
+            if self._sleep(at - due_out(now, queued, rate)):
+                raise _Stopped()
+            with self._lock:
+                now, queued = time.time(), self._queued()
+        cue.settle(due_out(now, queued, rate))
 
     def _acquire(self, rate: int) -> bool:
         """Take the PCM for this play, opening it if it is closed (True: a cold start)."""

@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
+from ..cue import StartCue
 from ..errors import SpeakerError
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,9 @@ class Player:
     retries = 1
     backoff = 0.0
     attempts = 0
+    #: play_cued starts the device itself at a cue's instant, compensating its own delay;
+    #: with the others the speaker hands over the first audio at the instant (best effort)
+    starts_on_cue = False
 
     def __init__(self, *, wake_ms: int = 0) -> None:
         self._stop_event = threading.Event()
@@ -265,6 +269,11 @@ class Player:
         Blocks until played (True), stopped (False) or raises PlayerError. Chunks may
         arrive slowly: playback starts with the first chunk where the back end can stream.
         """
+        raise NotImplementedError
+
+    def play_cued(self, chunks: Iterable[bytes], rate: int, cue: StartCue) -> bool:
+        """play(), with the first audio frame out of the device at the instant of `cue`;
+        only for a back end with starts_on_cue."""
         raise NotImplementedError
 
     def stop(self) -> None:

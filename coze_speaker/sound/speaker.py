@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional
 
 from ..cancel import CancelToken
+from ..cue import StartCue
 from .player import Player, Ready
+from .schedule import wait_until
 from .shaping import shape
 
 
@@ -33,7 +35,8 @@ class Speaker:
 
     def play(self, chunks: Iterable[bytes], *, token: CancelToken, volume: int = 100,
              chime: Optional[bytes] = None, ready: bool = False,
-             after_first_audio: Optional[Callable[[], None]] = None) -> PlayResult:
+             after_first_audio: Optional[Callable[[], None]] = None,
+             cue: Optional[StartCue] = None) -> PlayResult:
         """Play the chunks unless the token is cancelled; raises PlayerError (and whatever the
         chunks raise).
 
@@ -43,6 +46,8 @@ class Speaker:
         work it starts (synthesizing the next announcement) stays off the first chunk's path.
         `ready`: taking the next chunk never blocks (a cache read), so the player takes them in
         its own thread (see player.Ready).
+        With `cue` (a synchronized broadcast) the first audio plays at the cue's instant: the
+        alsa player starts its device on it; the others get the first chunk at the instant.
         """
         first: List[float] = []
 
@@ -51,6 +56,10 @@ class Speaker:
                 if token.cancelled:
                     return
                 if not first:
+                    if cue is not None and not precise:
+                        wait_until(cue, lambda: token.cancelled, token.wait)
+                        if token.cancelled:
+                            return
                     first.append(time.monotonic())
                     yield chunk
                     if after_first_audio is not None:
@@ -58,11 +67,18 @@ class Speaker:
                     continue
                 yield chunk
 
+        precise = cue is not None and self.player.starts_on_cue
         started = time.monotonic()
         unregister = token.on_cancel(self.player.stop)
         try:
-            stream: Iterable[bytes] = guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime))
-            played = self.player.play(Ready(stream) if ready else stream, self.rate)
+            shaped: Iterable[bytes] = guarded(shape(chunks, rate=self.rate, volume=volume, chime=chime))
+            if ready:
+                shaped = Ready(shaped)
+            if precise:
+                assert cue is not None
+                played = self.player.play_cued(shaped, self.rate, cue)
+            else:
+                played = self.player.play(shaped, self.rate)
         finally:
             unregister()
         return PlayResult(played=bool(played) and not token.cancelled,

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional, Protocol
 
+from ..cue import StartCue
+
 
 @dataclass(frozen=True)
 class Broadcast:
@@ -46,6 +48,9 @@ class PeerShare(Protocol):
 class PeerAudio(Protocol):
     """Other speakers: their cached phrases and the audio one of them synthesizes once."""
 
+    #: a broadcast starts at the same instant in every room (`fleet.sync`)
+    sync: bool
+
     def receive(self, key: str, rate: int, *, broadcast: Optional[Broadcast],
                 stopped: threading.Event) -> Iterator[bytes]:
         """The audio of `key` from another member, as it arrives; raises PeerTurn (before or
@@ -57,5 +62,14 @@ class PeerAudio(Protocol):
         """This member is the one that streams `key` to the others for this broadcast."""
         ...
 
-    def share(self, key: str, rate: int, broadcast: Optional[Broadcast]) -> PeerShare:
+    def share(self, key: str, rate: int, broadcast: Optional[Broadcast], *,
+              cue: Optional[StartCue] = None) -> PeerShare:
+        """A stream to the others; with `cue` (a broadcast's first piece) its first message
+        carries the start plan: the earliest one `cue` knows, else its first audio + the lead."""
+        ...
+
+    def plan(self, key: str, rate: int, broadcast: Broadcast, cue: StartCue) -> None:
+        """Resolve `cue` for a broadcast whose first piece is `key`: it expects the plan the
+        coordinating member sends (and gets it, the earliest one, when it arrives), or is
+        skipped when no plan will come (alone in the scope)."""
         ...

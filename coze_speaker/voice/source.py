@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Union
 
 from ..cache import CacheEntry, CacheError, CacheWriter, PhraseCache, cache_key
 from ..cancel import CancelToken
+from ..cue import StartCue
 from ..coze import CozeClient, CozeError, CozeValidationError, WebSocketUnusable
 from .breaker import CircuitBreaker
 from .costguard import CostGuard
@@ -78,11 +79,20 @@ class AudioSource:
         return (self.cache is not None and request.offline is None
                 and all(self.cache.contains(self.key(p, request)) for p in request.pieces))
 
+    def start_cue(self, request: SpeechRequest, token: CancelToken, *, use_cache: bool = True) -> Optional[StartCue]:
+        """A cue for a broadcast whose start the fleet synchronizes (fleet.sync), else None:
+        its audio is shared (so a plan comes with it), and the worker reports the start."""
+        if (self.peers is None or not self.peers.sync or request.broadcast is None or not use_cache
+                or self.cache is None or request.offline is not None):
+            return None
+        return StartCue(token)
+
     def open(self, request: SpeechRequest, *, use_cache: bool = True, start: bool = True,
-             token: Optional[CancelToken] = None) -> "OpenSpeech":
+             token: Optional[CancelToken] = None, cue: Optional[StartCue] = None) -> "OpenSpeech":
         """The request's audio; with start=False production begins at the first iteration
-        (so the player can start first and its start-up overlaps the cache read)."""
-        speech = OpenSpeech(self, request, use_cache=use_cache, token=token)
+        (so the player can start first and its start-up overlaps the cache read). A `cue`
+        is resolved before the first audio (the fleet's plan for a broadcast)."""
+        speech = OpenSpeech(self, request, use_cache=use_cache, token=token, cue=cue)
         if start:
             speech.start()
         return speech
@@ -92,8 +102,10 @@ class OpenSpeech:
     """One request's audio, produced in the background; iterate it once for PCM chunks."""
 
     def __init__(self, source: AudioSource, request: SpeechRequest, *, use_cache: bool = True,
-                 token: Optional[CancelToken] = None) -> None:
+                 token: Optional[CancelToken] = None, cue: Optional[StartCue] = None) -> None:
         self.source = source
+        #: a synchronized broadcast's start cue: resolved before the first audio is handed on
+        self.cue = cue
         self.request = request
         self.use_cache = use_cache and source.cache is not None
         #: every HTTP request this speech made to Coze, retries included
@@ -306,11 +318,17 @@ class OpenSpeech:
         source, cache = self.source, self.source.cache
         self._unspoken = None
         key = source.key(piece, self.request)
+        cue = self.cue if first else None
+        if cue is not None:
+            if source.peers is not None and self.request.broadcast is not None:
+                source.peers.plan(key, self.request.sample_rate, self.request.broadcast, cue)
+            else:
+                cue.skip()
         if self.use_cache and cache is not None:
             entry = cache.lookup(key)
             if entry is not None and entry.rate == self.request.sample_rate:
                 delivered = False
-                share = self._share_hit(key)
+                share = self._share_hit(key, cue)
                 try:
                     for chunk in cache.read(entry):
                         if share is not None:
@@ -351,7 +369,7 @@ class OpenSpeech:
             raise CozeError("the phrase is not cached and no Coze client is configured")
         permit = source.breaker.permit() if source.breaker is not None else None  # raises while Coze is down
         try:
-            self._synthesize(piece, key, first=first, share=share_it, skip=played)
+            self._synthesize(piece, key, first=first, share=share_it, skip=played, cue=cue)
         except BaseException as exc:
             if permit is not None:
                 permit.done(exc)
@@ -359,15 +377,16 @@ class OpenSpeech:
         if permit is not None:
             permit.done()
 
-    def _share_hit(self, key: str) -> Optional[PeerShare]:
-        """The member elected for a broadcast streams its cached audio to the others."""
+    def _share_hit(self, key: str, cue: Optional[StartCue]) -> Optional[PeerShare]:
+        """The member elected for a broadcast streams its cached audio to the others (with
+        the start plan, when `cue`)."""
         peers, broadcast = self.source.peers, self.request.broadcast
         if peers is None or broadcast is None or not peers.elected(key, self.request.sample_rate, broadcast):
             return None
-        return peers.share(key, self.request.sample_rate, broadcast)
+        return peers.share(key, self.request.sample_rate, broadcast, cue=cue)
 
     def _synthesize(self, piece: str, key: str, *, first: bool = False, share: bool = False,
-                    skip: int = 0) -> None:
+                    skip: int = 0, cue: Optional[StartCue] = None) -> None:
         """One piece from Coze, streamed to the player and into the cache (the cost guard and
         the request count are asked before every request, retries included). The cache entry
         is committed only once all of the piece's audio arrived whole. With `share`, the audio
@@ -376,7 +395,7 @@ class OpenSpeech:
         source, cache = self.source, self.source.cache
         assert source.client is not None
         writer = cache.writer(key, self.request.sample_rate) if self.use_cache and cache is not None else None
-        shared = (source.peers.share(key, self.request.sample_rate, self.request.broadcast)
+        shared = (source.peers.share(key, self.request.sample_rate, self.request.broadcast, cue=cue)
                   if share and source.peers is not None else None)
         self._skip = skip
         try:
