@@ -291,7 +291,12 @@ class Speaker:
                     return float(parts[2])
         return None
 
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -363,8 +368,10 @@ def run_one(args, net: Net, work: Path, n: int, variant: str, plugin: Path, hold
             except TimeoutError as exc:
                 print(f"fleet bench: {exc}")
             time.sleep(GAP)  # the stream's tail and the state messages behind it
-            finals = monitor.finals(ann)
-            started = [e for evs in monitor.events.get(ann, {}).values() for e in evs if e.get("event") == "started"]
+            with monitor.cond:  # the client's thread appends to these
+                finals = monitor.finals(ann)
+                started = [e for evs in monitor.events.get(ann, {}).values() for e in evs
+                           if e.get("event") == "started"]
             real = [s[0] for s in stamps.values()]
             holdbacks = []
             if holdback:
@@ -383,6 +390,7 @@ def run_one(args, net: Net, work: Path, n: int, variant: str, plugin: Path, hold
                 "cached": sum(1 for e in finals.values() if e.get("cached")),
                 "start_error_ms": [e["start_error_ms"] for e in started if "start_error_ms" in e],
                 "planned": sum(1 for e in started if "planned_start" in e),
+                "unsynchronized": sum(1 for e in started if e.get("synchronized") is False),
                 "holdback": holdbacks,
             })
             s = samples[kind][-1]
@@ -395,6 +403,8 @@ def run_one(args, net: Net, work: Path, n: int, variant: str, plugin: Path, hold
         (home / "samples.json").write_text(json.dumps({"samples": samples, "rss_mb": rss, "dead": dead}, indent=1))
         return [Row(n, variant, kind, samples[kind], rss, startup, seconds, dead) for kind in ("miss", "hit")]
     finally:
+        for sp in speakers:  # all at once: each takes a moment to shut down
+            sp.terminate()
         for sp in speakers:
             sp.stop()
         for part in (monitor, fake, broker):
