@@ -122,8 +122,9 @@ class Fake:
         self.port = int(self._line("port", 20))
 
     def _line(self, prefix: str, timeout: float) -> str:
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+        line = self.proc.stdout.readline() if ready else ""
         if not line.startswith(prefix + " "):
             raise SystemExit(f"fleet bench: the fake Coze said {line!r}, not '{prefix} …'")
         return line.split()[1]

@@ -125,8 +125,9 @@ class Net:
         specs += [f"{self.ns(i)}:wire0:{WIRE_NET}.1.{i}" for i in range(1, n + 1)]
         proc = subprocess.Popen([str(wire), str(delay_us), str(jitter_us), str(seed), *specs], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=open(work / "wire.log", "ab"))
+        assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 20)
-        if not ready or proc.stdout.readline().strip() != b"ready":  # type: ignore[union-attr]
+        if not ready or proc.stdout.readline().strip() != b"ready":
             proc.kill()
             raise SystemExit(f"fleet bench: the wire did not start; see {work / 'wire.log'}")
         for ns, addr in [(self.broker_ns, f"{WIRE_NET}.0.1")] + [(self.ns(i), f"{WIRE_NET}.1.{i}")
