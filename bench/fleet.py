@@ -9,8 +9,10 @@ hub namespace by a veth pair ("lan"). The "jitter" variant takes another path be
 same namespaces: bench/fleet_wire.c, a user-space wire that delays every packet by
 20 ms +- 10 ms on the speaker's link, in both directions (this kernel has no sch_netem).
 Each speaker is a real `python -m coze_speaker -c CFG run` (audio.backend alsa, keep_open 0,
-fleet on), whose default ALSA PCM is bench/fleet_stamp_pcm.c: it stamps the CLOCK_REALTIME
-of the player's write of the first non-silent sample of each play (namespaces share the clock).
+fleet on), whose default ALSA PCM is bench/fleet_stamp_pcm.c: a sink with a clock, like a sound
+card (its hardware pointer advances with CLOCK_MONOTONIC at the rate), that stamps the
+CLOCK_REALTIME at which the first non-silent sample of each play comes out of it (namespaces
+share the clock); with --clockless it takes every write at once and stamps the write.
 
 Per N and variant: fresh broker and speakers, started one at a time (each waits for its
 retained `online` and fleet member record), then R misses (new text) and R hits (the
@@ -50,7 +52,8 @@ import yaml  # noqa: E402
 
 from fleet_net import Net, compile_c, sh  # noqa: E402
 from fleet_report import BEGIN, Row, render, write_block  # noqa: E402
-from harness import BASE, BENCH, ROOT, TOKEN, VOICE, FakeCoze, rss_kib, wait_until  # noqa: E402
+from harness import (BASE, BENCH, ROOT, TOKEN, VOICE, FakeCoze, rss_kib, stop_process, wait_on,  # noqa: E402
+                     wait_until)
 from run import code_version, machine_info  # noqa: E402
 
 import paho.mqtt.client as mqtt  # noqa: E402
@@ -103,12 +106,7 @@ class Broker:
         return total
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_process(self.proc)
 
 
 class Fake:
@@ -181,16 +179,7 @@ class Monitor:
             self.cond.notify_all()
 
     def wait(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-                self.cond.wait(min(left, 0.5))
+        return wait_on(self.cond, predicate, timeout, what)
 
     def finals(self, ann: str) -> Dict[str, dict]:
         return {dev: next(e for e in evs if e.get("event") in FINAL)
@@ -213,7 +202,7 @@ class Monitor:
 class Speaker:
     """One `python -m coze_speaker -c CFG run` in its namespace, its stamp sink and directories."""
 
-    def __init__(self, home: Path, i: int, plugin: Path, holdback: Optional[Path]) -> None:
+    def __init__(self, home: Path, i: int, plugin: Path, holdback: Optional[Path], clocked: bool = True) -> None:
         self.device = f"s{i:02d}"
         self.i = i
         self.home = home
@@ -222,7 +211,7 @@ class Speaker:
         self.pipe_stamps = home / "pipe-stamps.log"
         self.stamps.write_bytes(b"")
         self.pipe_stamps.write_bytes(b"")
-        stamp = f'{{ type stamp log "{self.stamps}" quiet {QUIET_FRAMES} }}'
+        stamp = f'{{ type stamp log "{self.stamps}" quiet {QUIET_FRAMES} clock {int(clocked)} }}'
         lines = [f'pcm_type.stamp {{ lib "{plugin}" }}', f"pcm.stampdev {stamp}"]
         if holdback:  # the file sink's hold-back, measured: the same play through its pipe too
             lines.append(f'pcm.!default {{ type file slave.pcm "stampdev" file "|exec {holdback} {self.pipe_stamps} '
@@ -297,14 +286,8 @@ class Speaker:
             self.proc.terminate()
 
     def stop(self) -> None:
-        """SIGTERM, a bounded wait, then SIGKILL."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 15)
 
 
 # --------------------------------------------------------------------------- one run: N speakers, one variant
@@ -327,7 +310,7 @@ def run_one(args, net: Net, work: Path, n: int, variant: str, plugin: Path, hold
         host = net.broker_addr(variant)
         t0 = time.monotonic()
         for i in range(1, n + 1):
-            sp = Speaker(home / f"s{i:02d}", i, plugin, holdback)
+            sp = Speaker(home / f"s{i:02d}", i, plugin, holdback, clocked=not args.clockless)
             sp.configure(host, port, fake.port)
             sp.start(net.prefix(i))
             speakers.append(sp)
@@ -445,6 +428,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also pipe every play through ALSA's file plugin and bench/sink_stamp.c: its hold-back")
     ap.add_argument("--loopback", action="store_true",
                     help="no namespaces, everything on 127.0.0.1 (what happens without root)")
+    ap.add_argument("--clockless", action="store_true",
+                    help="sinks without a clock (every write taken at once; 'sound' stamped at the write)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--out", default=None, help="markdown report to update (default: docs/benchmarks.md, "
                                                 "none with --quick)")

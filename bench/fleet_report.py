@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from harness import pct
+
 BEGIN = "<!-- fleet bench: begin -->"
 END = "<!-- fleet bench: end -->"
 #: Outside the block, above it: bench/harness.write_section (breaker.py, transports.py) cuts a
@@ -35,13 +37,6 @@ class Row:
     dead: List[str] = field(default_factory=list)
 
 
-def pct(values: List[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def trio(values: List[float], scale: float = 1000.0, unit: str = "ms") -> str:
@@ -165,13 +160,22 @@ def how_measured(args: Any, namespaces: bool) -> List[str]:
         f"{args.hits} hits (the same phrases again: every room cached them from the miss's stream) on "
         "`B/all/say`, one at a time, each after the previous one finished in every room plus "
         "0.3 s idle. **Start of a room** = the wall-clock time (CLOCK_REALTIME, shared by all namespaces) at "
-        "which its player *wrote* the first non-silent sample: each speaker's default ALSA PCM is "
-        "bench/fleet_stamp_pcm.c, a PCM plugin inside libasound that stamps it in the player's own "
-        "`snd_pcm_writei()` (error: microseconds). ALSA's `file` sink, used by the other benches, would "
+        + ("which the first non-silent sample *comes out* of its sink: each speaker's default ALSA PCM is "
+           "bench/fleet_stamp_pcm.c with `clock 1`, a PCM plugin inside libasound that plays like a sound card "
+           "(from its start its hardware pointer advances with CLOCK_MONOTONIC at the negotiated rate, never "
+           "past what was written, else it runs dry: an xrun), so the player sees what the device still holds "
+           "(`avail()`) and a full buffer makes it wait, as on a card; the stamp is the device's start plus the "
+           "frames ahead of the sample, i.e. when a card's DAC would play it, whatever the writing thread's "
+           "scheduling (error: microseconds). "
+           if not getattr(args, "clockless", False) else
+           "which its player *wrote* the first non-silent sample (`--clockless`): each speaker's default ALSA "
+           "PCM is bench/fleet_stamp_pcm.c with `clock 0`, a PCM plugin inside libasound that takes every write "
+           "at once, like the `null` PCM, and stamps it in the player's own `snd_pcm_writei()`. ")
+        + "ALSA's `file` sink, used by the other benches, would "
         "not do: it passes on only what exceeds one device buffer (100 ms here), so a byte reaches its pipe "
         "when the player has written 100 ms more after it, or at the close; for a room fed by a fleet stream "
-        "that is whenever the next chunk comes (see the hold-back figure when measured). The plugin, like "
-        "the `null` PCM, has no clock (a write is taken at once): the stamp is when a real device would "
+        "that is whenever the next chunk comes (see the hold-back figure when measured). The stamp is when "
+        "a real device would "
         "get the sample, before its own output delay. **Skew** = last − first room's start, per broadcast; "
         "**publish → first/last room** from the wall clock just before the publish. **Coze calls**: the "
         "fake's count of speech requests during the broadcast. **Broker traffic**: TCP payload in both "

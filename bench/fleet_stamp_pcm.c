@@ -10,14 +10,22 @@
  * This plugin runs inside libasound in the player's process, so its stamp is taken in the
  * player's own snd_pcm_writei() call: the error is the time to scan the written block.
  *
- * Like the `null` PCM under the file sink it has no clock: every write is taken at once
- * (the hardware pointer follows the application pointer), so "plays" finish as fast as the
- * data comes, as in the other benches. It takes S16_LE, 1 or 2 channels, 8000..192000 Hz.
+ * With `clock 0` it has no clock, like the `null` PCM under the file sink: every write is
+ * taken at once (the hardware pointer follows the application pointer), so "plays" finish as
+ * fast as the data comes, and "sound" is stamped when the player WROTE the sample. With
+ * `clock 1` (what bench/fleet.py uses) it plays like a sound card: from its start its
+ * hardware pointer advances with CLOCK_MONOTONIC at the negotiated rate, never past what was
+ * written (then it runs dry: an xrun, as on a card), so avail()/delay() tell the player what
+ * the device still holds, a full buffer makes the player wait, and "sound" is stamped with
+ * the instant the sample comes out of the device by that clock (the start of the device plus
+ * the frames ahead of it): what a card's DAC would do, whatever the writing thread's
+ * scheduling. It takes S16_LE, 1 or 2 channels, 8000..192000 Hz.
  *
  * It appends lines to the file named by `log` (O_APPEND: lines of concurrent opens never mix):
  *   open PID REALTIME MONOTONIC
  *   sound PID REALTIME MONOTONIC FRAME   the first non-zero sample after >= `quiet` zero
- *                                        frames (or after the open); FRAME: its offset
+ *                                        frames (or after the open); FRAME: its offset;
+ *                                        with `clock 1` the times are when it plays
  *   close PID REALTIME MONOTONIC FRAMES
  * REALTIME is CLOCK_REALTIME (shared by all network namespaces: comparable across rooms),
  * MONOTONIC is CLOCK_MONOTONIC (comparable with bench/sink_stamp.c's stamps). The fake
@@ -25,7 +33,7 @@
  *
  * bench/fleet.py compiles it (cc -shared -fPIC -DPIC -O2 ... -lasound) and declares
  *     pcm_type.stamp { lib "/path/libasound_module_pcm_stamp.so" }
- *     pcm.!default { type stamp log "/path/stamps.log" quiet 2400 }
+ *     pcm.!default { type stamp log "/path/stamps.log" quiet 2400 clock 1 }
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +52,14 @@ typedef struct {
     long zeros;        /* zero frames seen since the last non-zero one */
     long long frames;  /* frames written since the open */
     int sounding;
+    int clocked;       /* clock 1: the hardware pointer follows CLOCK_MONOTONIC */
+    long long pos;     /* frames written since the last prepare (the application pointer) */
+    long long hw;      /* frames played since the last prepare (clocked, when not running) */
+    long long hw0;     /* clocked: hw at the start, and ... */
+    double t0;         /* ... CLOCK_MONOTONIC then */
+    int running;
+    long long pending; /* clocked: a "sound" written before the start (its pos), or -1 */
+    long long pending_frame;
 } stamp_t;
 
 static double clock_s(clockid_t id) {
@@ -65,10 +81,32 @@ static void put(stamp_t *s, const char *kind, long long value, int with_value) {
     }
 }
 
-/* The position in frames since the open, not modulo the buffer (SND_PCM_IOPLUG_FLAG_BOUNDARY_WA):
+static void put_at(stamp_t *s, const char *kind, double mono_at, long long value) {
+    /* a line stamped with a given CLOCK_MONOTONIC instant (and the REALTIME of that instant) */
+    char line[160];
+    double real = clock_s(CLOCK_REALTIME), mono = clock_s(CLOCK_MONOTONIC);
+    int k = snprintf(line, sizeof line, "%s %d %.6f %.6f %lld\n", kind, (int)getpid(),
+                     real + (mono_at - mono), mono_at, value);
+    if (s->log >= 0 && k > 0 && write(s->log, line, (size_t)k) < 0) {
+        /* nothing to do: the bench notices the missing line */
+    }
+}
+
+/* clocked: frames played since the last prepare, by the clock, never past what was written */
+static long long played(stamp_t *s) {
+    if (!s->running)
+        return s->hw;
+    long long by_clock = s->hw0 + (long long)((clock_s(CLOCK_MONOTONIC) - s->t0) * (double)s->io.rate);
+    return by_clock < s->pos ? by_clock : s->pos;
+}
+
+/* The position in frames since the prepare, not modulo the buffer (SND_PCM_IOPLUG_FLAG_BOUNDARY_WA):
  * a write of exactly one buffer (the alsa player writes that much at a time) must not look
  * like no progress, or a drain waits forever. It stays far below the boundary (2^62-ish). */
-static snd_pcm_sframes_t st_pointer(snd_pcm_ioplug_t *io) { return (snd_pcm_sframes_t)((stamp_t *)io->private_data)->frames; }
+static snd_pcm_sframes_t st_pointer(snd_pcm_ioplug_t *io) {
+    stamp_t *s = io->private_data;
+    return (snd_pcm_sframes_t)(s->clocked ? played(s) : s->pos);
+}
 
 static snd_pcm_sframes_t st_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel_area_t *areas,
                                      snd_pcm_uframes_t offset, snd_pcm_uframes_t size) {
@@ -84,8 +122,18 @@ static snd_pcm_sframes_t st_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel
         for (c = 0; c < channels; c++)
             loud |= frame[c] != 0;
         if (loud) {
-            if (!s->sounding && s->zeros >= s->quiet)
-                put(s, "sound", s->frames + (long long)i, 1);
+            if (!s->sounding && s->zeros >= s->quiet) {
+                if (!s->clocked) {
+                    put(s, "sound", s->frames + (long long)i, 1);
+                } else if (s->running) {  /* it plays after the frames ahead of it, not before now */
+                    double at = s->t0 + (double)(s->pos + (long long)i - s->hw0) / (double)io->rate;
+                    double now = clock_s(CLOCK_MONOTONIC);
+                    put_at(s, "sound", at > now ? at : now, s->frames + (long long)i);
+                } else {  /* written before the start: stamped when the device starts */
+                    s->pending = s->pos + (long long)i;
+                    s->pending_frame = s->frames + (long long)i;
+                }
+            }
             s->sounding = 1;
             s->zeros = 0;
         } else if (++s->zeros >= s->quiet) {
@@ -93,11 +141,40 @@ static snd_pcm_sframes_t st_transfer(snd_pcm_ioplug_t *io, const snd_pcm_channel
         }
     }
     s->frames += (long long)size;
+    s->pos += (long long)size;
     return (snd_pcm_sframes_t)size;
 }
 
-static int st_start(snd_pcm_ioplug_t *io) { (void)io; return 0; }
-static int st_stop(snd_pcm_ioplug_t *io) { (void)io; return 0; }
+static int st_start(snd_pcm_ioplug_t *io) {
+    stamp_t *s = io->private_data;
+    if (s->clocked) {
+        s->t0 = clock_s(CLOCK_MONOTONIC);
+        s->hw0 = s->hw;
+        s->running = 1;
+        if (s->pending >= 0) {
+            put_at(s, "sound", s->t0 + (double)(s->pending - s->hw0) / (double)io->rate, s->pending_frame);
+            s->pending = -1;
+        }
+    }
+    return 0;
+}
+
+static int st_stop(snd_pcm_ioplug_t *io) {
+    stamp_t *s = io->private_data;
+    if (s->clocked && s->running) {
+        s->hw = played(s);
+        s->running = 0;
+    }
+    return 0;
+}
+
+static int st_prepare(snd_pcm_ioplug_t *io) {  /* ioplug resets its pointers: so do we */
+    stamp_t *s = io->private_data;
+    s->pos = s->hw = s->hw0 = 0;
+    s->running = 0;
+    s->pending = -1;
+    return 0;
+}
 static int st_close(snd_pcm_ioplug_t *io) {
     stamp_t *s = io->private_data;
     put(s, "close", s->frames, 1);
@@ -110,6 +187,7 @@ static int st_close(snd_pcm_ioplug_t *io) {
 
 static const snd_pcm_ioplug_callback_t st_callback = {
     .start = st_start, .stop = st_stop, .pointer = st_pointer, .transfer = st_transfer, .close = st_close,
+    .prepare = st_prepare,
 };
 
 int _snd_pcm_stamp_open(snd_pcm_t **pcmp, const char *name, snd_config_t *root, snd_config_t *conf,
@@ -118,6 +196,7 @@ int _snd_pcm_stamp_open(snd_pcm_t **pcmp, const char *name, snd_config_t *root, 
     snd_config_iterator_t i, next;
     const char *log = NULL;
     long quiet = 2400;
+    long clocked = 0;
     static const unsigned int access[] = { SND_PCM_ACCESS_RW_INTERLEAVED };
     static const unsigned int formats[] = { SND_PCM_FORMAT_S16_LE };
     stamp_t *s;
@@ -135,12 +214,16 @@ int _snd_pcm_stamp_open(snd_pcm_t **pcmp, const char *name, snd_config_t *root, 
             snd_config_get_string(n, &log);
         if (strcmp(id, "quiet") == 0)
             snd_config_get_integer(n, &quiet);
+        if (strcmp(id, "clock") == 0)
+            snd_config_get_integer(n, &clocked);
     }
     s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
     s->quiet = quiet > 0 ? quiet : 1;
     s->zeros = s->quiet; /* the open counts as after silence */
+    s->clocked = clocked != 0;
+    s->pending = -1;
     s->log = log ? open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644) : -1;
     s->io.version = SND_PCM_IOPLUG_VERSION;
     s->io.name = "stamp";

@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -122,6 +121,42 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 
 
 # --------------------------------------------------------------------------- mosquitto
+
+
+def wait_on(cond: threading.Condition, predicate: Callable[[], object], timeout: float, what: str):
+    """Wait on cond (notified when what predicate reads changes) until predicate() is truthy;
+    returns it, or raises TimeoutError naming what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            value = predicate()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+            cond.wait(min(left, 0.5))
+
+
+def stop_process(proc: "subprocess.Popen", grace: float = 10.0) -> Optional[int]:
+    """SIGTERM, up to grace seconds, then SIGKILL: every child of a bench ends, bounded."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def pct(values: List[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
+    return s[k]
 
 
 def start_broker(directory: Path) -> Broker:
@@ -338,16 +373,7 @@ class Client:
         return self.publish(self.say_topic, {"text": text, "id": ann_id, **fields})
 
     def wait(self, predicate: Callable[[], object], timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-                self._cond.wait(min(left, 0.5))
+        return wait_on(self._cond, predicate, timeout, what)
 
     def wait_final(self, ann_id: str, timeout: float = 30.0) -> tuple:
         """(kind, monotonic, data) of the final event of an announcement."""
@@ -411,16 +437,10 @@ class DaemonProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    def stop(self, timeout: float = 15.0) -> Optional[int]:
+        code = stop_process(self.proc, timeout)
         self.log.close()
-        return self.proc.returncode
+        return code
 
 
 # --------------------------------------------------------------------------- /proc

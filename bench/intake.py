@@ -38,7 +38,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (BASE, ROOT, TOKEN, BenchFake, cpu_seconds, daemon_config, rss_kib,  # noqa: E402
+from harness import (BASE, ROOT, TOKEN, stop_process, BenchFake, cpu_seconds, daemon_config, rss_kib,  # noqa: E402
                      start_broker, wait_subscribed, which)
 
 import paho.mqtt.client as mqtt  # noqa: E402
@@ -144,13 +144,7 @@ class Daemon:
                                      cwd=str(code), env=env, stdout=self.log, stderr=self.log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 30)
         self.log.close()
 
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (BASE, DAEMON_MODULES, RATE, ROOT, TOKEN, VOICE, BenchFake, Client,  # noqa: E402
+from harness import (BASE, pct, DAEMON_MODULES, RATE, ROOT, TOKEN, VOICE, BenchFake, Client,  # noqa: E402
                      DaemonProcess, StampSink, cpu_seconds, daemon_config, daemon_module, import_first, pcm_for,
                      reset_peak_rss, rss_kib, thread_count, wait_subscribed, wait_until, start_broker, which)
 import household  # noqa: E402
@@ -55,13 +55,6 @@ GAP = 0.1  # idle time before each timed publish (see README: the broker's Nagle
 # --------------------------------------------------------------------------- stats helpers
 
 
-def pct(values: List[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(values)
-    if not s:
-        return float("nan")
-    k = max(0, min(len(s) - 1, int(round(q / 100.0 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def ms(seconds: float) -> str:

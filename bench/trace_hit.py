@@ -29,8 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import DAEMON_MODULES, PLAYERS_MODULES, module_exists  # noqa: E402
-
 # --------------------------------------------------------------------------- what is wrapped, where
 
 #: (module, class, method, mark): each call's entry is stamped as "mark>" and its return as "mark<"
