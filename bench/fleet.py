@@ -52,12 +52,11 @@ import yaml  # noqa: E402
 
 from fleet_net import Net, compile_c, sh  # noqa: E402
 from fleet_report import BEGIN, Row, render, write_block  # noqa: E402
-from harness import (BASE, BENCH, ROOT, TOKEN, VOICE, FakeCoze, rss_kib, stop_process, wait_on,  # noqa: E402
-                     wait_until)
+from harness import (BASE, BENCH, ROOT, TOKEN, VOICE, FakeCoze, mqtt_client, rss_kib, stop_process,  # noqa: E402
+                     wait_on, wait_until)
 from run import code_version, machine_info  # noqa: E402
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 MQTT_PORT, COZE_PORT = 1883, 8080
 #: children get SIGTERM when the bench dies, even by SIGKILL (util-linux setpriv, if present)
@@ -149,15 +148,10 @@ class Monitor:
         self.online: set = set()
         self.members: set = set()
         self.events: Dict[str, Dict[str, List[dict]]] = {}  # ann id -> device -> events
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetbench-{os.getpid()}",
-                                  protocol=mqtt.MQTTv311)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect("127.0.0.1", port)
+        self.client, subscribed = mqtt_client(port, f"fleetbench-{os.getpid()}", self._on_message, mqtt.MQTTv311)
         sock = self.client.socket()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.port = sock.getsockname()[1]
+        assert sock is not None
+        self.port = sock.getsockname()[1]  # type: ignore[union-attr]
         self.client.loop_start()
         self.client.subscribe([(f"{BASE}/+/availability", 1), (f"{BASE}/fleet/members/+", 1), (f"{BASE}/+/event", 1)])
         if not subscribed.wait(10):

@@ -159,6 +159,22 @@ def pct(values: List[float], q: float) -> float:
     return s[k]
 
 
+def mqtt_client(port: int, client_id: str, on_message: Callable, protocol: int = mqtt.MQTTv5
+                ) -> "tuple[mqtt.Client, threading.Event]":
+    """A connected paho client with Nagle off (paho leaves it on: a publish sent while an ACK of
+    ours is unacknowledged would wait for the broker's delayed ACK, 40 ms) and the Event its
+    first SUBACK sets; the caller starts its loop and subscribes."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    sock = client.socket()
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, subscribed
+
+
 def start_broker(directory: Path) -> Broker:
     """tests/mqtt_helpers.Broker, plus TCP_NODELAY on the broker's side: without it,
     mosquitto's Nagle and the client's delayed ACK hold an event that follows another within
@@ -326,18 +342,7 @@ class Client:
         self.events: Dict[str, Dict[str, tuple]] = {}  # id -> event kind -> (monotonic, data)
         self.finals: List[tuple] = []  # (monotonic, data) of final events, in arrival order
         self.online: List[float] = []  # monotonic times of live (not retained) `online`
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}-{time.monotonic_ns()}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        # paho leaves Nagle on: a say sent while our PUBACK of an event is unacknowledged
-        # would wait for the broker's delayed ACK (40 ms). Timed publishes come after idle
-        # time anyway; this keeps back-to-back replays from being paced by it.
-        sock = self.client.socket()
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client, subscribed = mqtt_client(port, f"bench-{os.getpid()}-{time.monotonic_ns()}", self._on_message)
         self.client.loop_start()
         self.client.subscribe([(self.event_topic, 1), (self.avail_topic, 1)])
         if not subscribed.wait(10):
