@@ -193,6 +193,17 @@ class Monitor:
 # --------------------------------------------------------------------------- speakers
 
 
+def _first_sound_line(path: Path, offset: int, fields: int) -> Optional[List[str]]:
+    """The fields of the first 'sound' line (of `fields` fields) in a stamp log after offset."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f.read().decode().splitlines():
+            parts = line.split()
+            if len(parts) == fields and parts[0] == "sound":
+                return parts
+    return None
+
+
 class Speaker:
     """One `python -m coze_speaker -c CFG run` in its namespace, its stamp sink and directories."""
 
@@ -257,23 +268,13 @@ class Speaker:
 
     def first_sound(self, offset: tuple) -> Optional[tuple]:
         """(realtime, monotonic) of the first 'sound' stamp after offset, or None."""
-        with open(self.stamps, "rb") as f:
-            f.seek(offset[0])
-            for line in f.read().decode().splitlines():
-                parts = line.split()
-                if len(parts) == 5 and parts[0] == "sound":
-                    return float(parts[2]), float(parts[3])
-        return None
+        parts = _first_sound_line(self.stamps, offset[0], 5)
+        return (float(parts[2]), float(parts[3])) if parts else None
 
     def pipe_sound(self, offset: tuple) -> Optional[float]:
         """CLOCK_MONOTONIC at which the file sink's pipe got the first sound (bench/sink_stamp.c)."""
-        with open(self.pipe_stamps, "rb") as f:
-            f.seek(offset[1])
-            for line in f.read().decode().splitlines():
-                parts = line.split()
-                if len(parts) == 4 and parts[0] == "sound":
-                    return float(parts[2])
-        return None
+        parts = _first_sound_line(self.pipe_stamps, offset[1], 4)
+        return float(parts[2]) if parts else None
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
