@@ -128,7 +128,10 @@ def test_the_probe_closes_the_breaker_when_coze_answers_again(start_daemon, prob
 
 
 def test_a_cached_phrase_behind_a_hung_miss_is_spoken(start_daemon, probe, fake_coze, alsa_sink):
-    start_daemon(coze={"retries": 1, "timeout": 1, "breaker_cooldown": 600})  # no offline voice
+    # Coze's timeout (3 s, twice) keeps the miss hanging well past its 2 s overtaking mark and
+    # the 0.25 s checks after it, also on a slow machine (arm64 under qemu): with 1 s it could
+    # fail between two checks and let a cached phrase queued late wait behind it.
+    start_daemon(coze={"retries": 1, "timeout": 3, "breaker_cooldown": 600})  # no offline voice
     probe.publish(SAY, {"text": "Doorbell", "id": "warm"})
     assert probe.wait_event(EVENT, id="warm", event="finished")["cached"] is False
 
