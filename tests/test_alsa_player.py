@@ -407,3 +407,17 @@ def test_daemon_retries_a_busy_device_within_the_ttl_then_fails(start_daemon, pr
     opens = alsa_sink.busy_opens()
     assert len(opens) >= 2 and set(opens) == {"nonblock"}, opens  # retried; never a blocking open
     assert r.thread.is_alive() and not r.daemon.player.is_open
+
+
+def test_a_pyalsaaudio_older_than_0_11_counts_as_missing(monkeypatch, tmp_path):
+    """Told from its .dist-info on sys.path, without importing importlib.metadata (0.4 MB)."""
+    import coze_speaker.sound.alsa_player as alsa_player
+
+    (tmp_path / "pyalsaaudio-0.10.0.dist-info").mkdir()
+    (tmp_path / "other_thing-9.0-py3.11.egg-info").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert alsa_player.installed_version("pyalsaaudio") == "0.10.0"
+    assert alsa_player.installed_version("other-thing") == "9.0"
+    assert alsa_player.alsa_available() is False
+    (tmp_path / "pyalsaaudio-0.10.0.dist-info").rename(tmp_path / "pyalsaaudio-0.12.1.dist-info")
+    assert alsa_player.alsa_available() is True

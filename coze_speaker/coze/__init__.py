@@ -1,9 +1,10 @@
-"""Coze's audio API: the client (client.py), one synthesis as a stream over HTTP (stream.py)
-or over the WebSocket speech API (ws.py) and its time bounds (watchdog.py), what a request
-may hold (params.py), reading the answers (responses.py) and the errors (errors.py).
+"""Coze's audio API: the client (client.py) over a small HTTP/1.1 client on the standard
+library (httpclient.py), one synthesis as a stream over HTTP (stream.py) or over the WebSocket
+speech API (ws.py) and its time bounds (watchdog.py), what a request may hold (params.py),
+reading the answers (responses.py) and the errors (errors.py).
 
-`requests` and `websocket` are imported on the first request, so a daemon with a warm cache
-never loads them.
+`websocket` is imported on the first WebSocket synthesis, so a daemon that speaks over HTTP
+never loads it.
 """
 
 from .client import CONNECT_TIMEOUT, CozeClient

@@ -1,4 +1,4 @@
-"""A thin, honest client for Coze's three audio endpoints over one requests.Session.
+"""A thin, honest client for Coze's three audio endpoints over one keep-alive HTTP session.
 
 Every call costs the user money or quota, so parameters are validated before anything is
 sent, only failures that can succeed later are retried, and a clone is never retried.
@@ -11,20 +11,17 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..vocabulary import MAX_RETRY_AFTER, TRANSPORTS, WS_RETRY_AFTER
 from .errors import STALE, CozeError, CozeValidationError
 from .params import MODEL_TYPES, VOICE_STATES, SpeechParams, clone_fields, not_int, validate_input
-from .responses import (CONNECT_TIMEOUT, MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to, reason_of,
-                        requests_module)
+from .httpclient import HttpSession, Response, TransportError, TransportTimeout
+from .responses import CONNECT_TIMEOUT, MAX_ERROR_BODY, answer_error, is_json, logid_of, read_up_to
 from .stream import Remaining, SpeechStream
 from .ws import WsSpeechStream, ws_unsupported, ws_url_for
-
-if TYPE_CHECKING:
-    import requests
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,7 @@ class CozeClient:
         retries: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 8.0,
-        session: Optional[requests.Session] = None,
+        session: Optional[HttpSession] = None,
         sleep: Callable[[float], None] = time.sleep,
         ws_url: Optional[str] = None,
     ) -> None:
@@ -63,11 +60,10 @@ class CozeClient:
         self._session = session
 
     @property
-    def session(self) -> "requests.Session":
+    def session(self) -> HttpSession:
         """The one HTTP session (keep-alive to Coze), made at the first request."""
         if self._session is None:
-            self._session = requests_module().Session()
-        self._session.headers["User-Agent"] = f"coze-speaker/{__version__}"
+            self._session = HttpSession(f"coze-speaker/{__version__}")
         return self._session
 
     @classmethod
@@ -226,23 +222,23 @@ class CozeClient:
         if not self._token:
             raise CozeError("no Coze token configured (set coze.token, coze.token_file or $COZE_API_TOKEN)")
 
-    def _send(self, method: str, path: str, *, read_timeout: Optional[float] = None, **kwargs: Any) -> requests.Response:
+    def _send(self, method: str, path: str, *, read_timeout: Optional[float] = None, **kwargs: Any) -> Response:
         """One HTTP exchange; raises CozeError for any failure, marked retryable or not.
         `read_timeout` shortens coze.timeout (a deadline closer than it)."""
-        requests = requests_module()
         headers = {"Authorization": f"Bearer {self._token}"}
         timeout = self.timeout if read_timeout is None else min(self.timeout, read_timeout)
         try:
             response = self.session.request(method, self.base_url + path, headers=headers,
                                             timeout=(CONNECT_TIMEOUT, timeout), **kwargs)
-        except requests.exceptions.Timeout:
+        except TransportTimeout as exc:
+            if exc.phase == "connect":
+                raise CozeError(f"cannot reach {self.host} (no connection within {CONNECT_TIMEOUT:g} s)",
+                                retryable=True) from None
             if read_timeout is not None and read_timeout < self.timeout:  # our deadline, not Coze's fault
                 raise CozeError(STALE, code="timeout") from None
             raise CozeError(f"no answer from {self.host} within {timeout:g} s", retryable=True) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise CozeError(f"cannot reach {self.host} ({reason_of(exc)})", retryable=True) from None
-        except requests.exceptions.RequestException as exc:
-            raise CozeError(f"request to {self.host} failed ({reason_of(exc)})") from None
+        except TransportError as exc:
+            raise CozeError(f"cannot reach {self.host} ({exc.reason})", retryable=True) from None
         stream = bool(kwargs.get("stream"))
         if not stream or is_json(response) or response.status_code >= 400:
             body = read_up_to(response.iter_content(8192), MAX_ERROR_BODY) if stream else response.content

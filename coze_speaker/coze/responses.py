@@ -6,23 +6,11 @@ import codecs
 import datetime
 import email.utils
 import json
-import re
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .errors import CozeError
-
-if TYPE_CHECKING:
-    import requests
-
-
-def requests_module():
-    """requests, imported on first use: with a warm cache the daemon never loads it
-    (urllib3, charset_normalizer and requests are ~10 MB of a Pi's memory)."""
-    import requests
-
-    return requests
-
+from .httpclient import Response, TransportError
 
 #: Seconds to establish a connection to Coze (HTTP or WebSocket); coze.timeout bounds reads.
 CONNECT_TIMEOUT = 5.0
@@ -35,12 +23,12 @@ SNIFF_BYTES = 64
 MAX_ERROR_BODY = 64 * 1024
 
 
-def content_type(response: requests.Response) -> str:
+def content_type(response: Response) -> str:
     """The media type without parameters, lower case ("" when there is none)."""
     return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
-def is_json(response: requests.Response) -> bool:
+def is_json(response: Response) -> bool:
     return content_type(response) == "application/json"
 
 
@@ -82,12 +70,12 @@ def read_up_to(chunks: Iterable[bytes], limit: int) -> bytes:
             body += chunk
             if len(body) >= limit:
                 break
-    except requests_module().exceptions.RequestException:
+    except TransportError:
         pass
     return body[:limit]
 
 
-def answer_error(response: requests.Response, body: bytes) -> CozeError:
+def answer_error(response: Response, body: bytes) -> CozeError:
     """The error an answer that is not audio carries: a Coze envelope when the body is JSON
     (whatever its label), else the status and the start of the text. The logid is the
     envelope's, else the X-Tt-Logid header's."""
@@ -114,7 +102,7 @@ def answer_error(response: requests.Response, body: bytes) -> CozeError:
     return error
 
 
-def retry_after_of(response: requests.Response, now: Callable[[], float] = time.time) -> Optional[float]:
+def retry_after_of(response: Response, now: Callable[[], float] = time.time) -> Optional[float]:
     """The answer's Retry-After in seconds from now (delay-seconds or an HTTP-date), None
     when absent or unreadable."""
     value = response.headers.get("Retry-After", "").strip()
@@ -142,7 +130,7 @@ def _parse_json(body: bytes) -> Any:
         return None
 
 
-def envelope_error(response: requests.Response, envelope: dict) -> CozeError:
+def envelope_error(response: Response, envelope: dict) -> CozeError:
     status = response.status_code
     code = envelope.get("code")
     code = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -151,7 +139,7 @@ def envelope_error(response: requests.Response, envelope: dict) -> CozeError:
     return CozeError(msg, status=status, code=code, logid=logid_of(response, envelope), retryable=retryable)
 
 
-def logid_of(response: requests.Response, envelope: Any = None) -> Optional[str]:
+def logid_of(response: Response, envelope: Any = None) -> Optional[str]:
     """Coze's log id: the envelope's detail.logid, else the X-Tt-Logid header."""
     if isinstance(envelope, dict) and isinstance(envelope.get("detail"), dict):
         found = envelope["detail"].get("logid")
@@ -163,16 +151,3 @@ def logid_of(response: requests.Response, envelope: Any = None) -> Optional[str]
 def short_text(body: bytes) -> str:
     """The start of a text body on one line, for an error message."""
     return " ".join(body[:300].decode("utf-8", "replace").split())[:120]
-
-
-def reason_of(exc: BaseException) -> str:
-    """A short reason from a requests exception (its messages run to several nested reprs)."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if errno:
-        return errno.group(1).strip()
-    for marker in ("IncompleteRead", "Connection reset", "Connection aborted", "Connection broken",
-                   "Read timed out", "Response ended prematurely"):
-        if marker in text:
-            return marker
-    return type(exc).__name__

@@ -9,13 +9,12 @@ from ..sound import wav
 from ..vocabulary import COMPRESSED_BYTES_PER_SECOND
 from .errors import STALE, CozeError
 from .params import SpeechParams
+from .httpclient import Response, TransportError, TransportTimeout
 from .responses import (MAX_ERROR_BODY, SNIFF_BYTES, answer_error, content_type, is_audio_type, logid_of,
-                        looks_like_document, read_up_to, reason_of, requests_module)
+                        looks_like_document, read_up_to)
 from .watchdog import Watchdog
 
 if TYPE_CHECKING:
-    import requests
-
     from .client import CozeClient
 
 #: Seconds left until the caller's deadline (negative when past), None without one.
@@ -44,7 +43,7 @@ class SpeechStream:
         self.resumed = False
         self.logid: Optional[str] = None
         self.complete = False
-        self._response: Optional[requests.Response] = None
+        self._response: Optional[Response] = None
 
     def __iter__(self) -> Iterator[bytes]:
         delivered = 0
@@ -99,8 +98,7 @@ class SpeechStream:
         finally:
             watchdog.stop()
 
-    def _read(self, response: requests.Response, skip: int, watchdog: Watchdog) -> Iterator[bytes]:
-        requests = requests_module()
+    def _read(self, response: Response, skip: int, watchdog: Watchdog) -> Iterator[bytes]:
         expected = response.headers.get("Content-Length")
         frames = PcmFramer(expected_rate=self.params.sample_rate) if self.params.response_format == "pcm" else None
         received = 0
@@ -117,20 +115,17 @@ class SpeechStream:
                     watchdog.hold()  # the consumer's time is not Coze's
                     yield chunk
                     watchdog.release()
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
-            watchdog.raise_verdict()
-            raise CozeError(f"audio stream broke off after {received} bytes ({reason_of(exc)})",
-                            status=response.status_code, logid=self.logid, retryable=True) from None
-        except requests.exceptions.Timeout:
+        except TransportTimeout:
             watchdog.raise_verdict()
             left = self._remaining() if self._remaining is not None else None
             if left is not None and left < 0.1:  # the read was shortened to our deadline
                 raise CozeError(STALE, code="timeout") from None
             raise CozeError(f"audio stream stalled after {received} bytes (no data for {self._client.timeout:g} s)",
                             status=response.status_code, logid=self.logid, retryable=True) from None
-        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError):
-            watchdog.raise_verdict()  # whatever a read cut off under it raises
-            raise
+        except TransportError as exc:
+            watchdog.raise_verdict()  # a read cut off by the watchdog ends here too
+            raise CozeError(f"audio stream broke off after {received} bytes ({exc.reason})",
+                            status=response.status_code, logid=self.logid, retryable=True) from None
         framed = expected is not None or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
         if not framed:  # the body ends where the connection does: a cut-off one would look whole
             watchdog.raise_verdict()
@@ -154,7 +149,7 @@ class SpeechStream:
         return float(COMPRESSED_BYTES_PER_SECOND)
 
     @staticmethod
-    def _body(response: requests.Response) -> Iterator[bytes]:
+    def _body(response: Response) -> Iterator[bytes]:
         """The raw body once it is plausibly audio: labelled audio/* or octet-stream and not
         opening like JSON or markup. Anything else raises the error it carries, so an error
         page is never played or cached."""

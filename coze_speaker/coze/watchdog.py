@@ -12,16 +12,15 @@ trickle cannot look at the clock itself), and the stream turns that into a retry
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..vocabulary import MIN_STREAM_SPEED
 from .errors import STALE, CozeError
 
 if TYPE_CHECKING:
-    import requests
+    from .httpclient import Response
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,14 @@ class Watchdog:
         self._held_since: Optional[float] = None
         self._received = 0
         self._done = False
-        self._response: Optional["requests.Response"] = None
+        self._response: Optional["Response"] = None
         self._cut: Optional[Callable[[], None]] = None
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         #: why the attempt was cut off (a CozeError to raise), None while it is in time
         self.verdict: Optional[CozeError] = None
 
-    def watch(self, response: Optional["requests.Response"] = None, *,
+    def watch(self, response: Optional["Response"] = None, *,
               cut: Optional[Callable[[], None]] = None) -> None:
         """Start watching the answer (an HTTP response, or any connection that `cut` ends from
         another thread); the time since the request was sent already counts, so an answer
@@ -133,24 +132,8 @@ class Watchdog:
         self._cut_off(response, cut)
 
     @staticmethod
-    def _cut_off(response: Optional["requests.Response"], cut: Optional[Callable[[], None]]) -> None:
+    def _cut_off(response: Optional["Response"], cut: Optional[Callable[[], None]]) -> None:
         if cut is not None:
             cut()
         elif response is not None:
-            _shut_down(response)
-
-
-def _shut_down(response: "requests.Response") -> None:
-    """End a read blocked on this answer's socket, from another thread (the read sees EOF)."""
-    raw: Any = response.raw
-    conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:  # where http.client keeps it, should urllib3 not say
-        sock = getattr(getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
-    if isinstance(sock, socket.socket):
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-            return
-        except OSError:
-            pass
-    response.close()
+            response.shutdown()
