@@ -917,7 +917,7 @@ def import_rss() -> List[tuple]:
             "def rss():\n"
             "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
             "prev = rss(); print('python', prev)\n"
-            "for m in ['sqlite3', 'ssl', 'urllib3', 'charset_normalizer', 'requests', 'yaml', 'paho.mqtt.client',\n"
+            "for m in ['sqlite3', 'ssl', 'yaml', 'paho.mqtt.client',\n"
             f"          {daemon_module()!r}, 'alsaaudio']:\n"
             "    __import__(m); now = rss(); print(m, now - prev); prev = now\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,

@@ -33,7 +33,7 @@ from coze_speaker.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 #: What a plain `pip install coze-speaker` may bring, and nothing else.
-RUNTIME = ("paho-mqtt", "requests", "pyyaml", "websocket-client")
+RUNTIME = ("paho-mqtt", "pyyaml", "websocket-client")
 ESPEAK = shutil.which("espeak-ng") is not None
 TOPIC = "coze-speaker/firstrun"  # the device's topics in write_config below
 FINAL = ("finished", "failed", "expired", "dropped", "interrupted")

@@ -14,7 +14,7 @@ from typing import Dict, List, Set, Tuple
 PKG = Path(__file__).resolve().parent.parent / "coze_speaker"
 LAYERS = {
     "": 0, "vocabulary": 0, "errors": 0, "cancel": 0, "cue": 0, "clock": 0, "fsutil": 0, "sdnotify": 0,
-    "childenv": 0,
+    "childenv": 0, "memtrim": 0,
     "config": 1,
     "sound": 2,
     "cache": 3, "coze": 3,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, List, Optional
 from .. import __version__, sdnotify
 from ..config import Config, ConfigError, load_config
 from ..errors import SpeakerError
+from ..memtrim import release_free_memory
 from ..mqtt.bridge import MqttBridge
 from ..mqtt.frontend import MqttFrontEnd
 from ..mqtt.topics import say_command
@@ -46,6 +47,8 @@ RELOAD_FINISH_LIMIT = 120.0
 #: The main loop's periodic tick (seconds; shorter with a watchdog). READY=1 does not wait
 #: for it: the front end wakes the loop as soon as the broker accepted the connection.
 TICK = 5.0
+#: Seconds the queue must be idle before the C heap's free pages go back to the system.
+TRIM_AFTER = 1.0
 
 
 @dataclass
@@ -190,9 +193,16 @@ class Daemon:
         log.info("to make it speak: %s", say_command(self.config.mqtt))
         ready = False
         interval = sdnotify.watchdog_interval()
+        trimmed: Optional[float] = None  # the worker's last_active when memory was last given back
         while not self._stop.is_set():
-            self._wake.wait(timeout=min(interval or TICK, TICK))
+            trim_pending = self.parts.worker.last_active != trimmed
+            self._wake.wait(timeout=min(interval or TICK, TRIM_AFTER if trim_pending else TICK))
             self._wake.clear()
+            worker = self.parts.worker
+            if (worker.last_active != trimmed and not worker.speaking and not worker.queue_length()
+                    and time.monotonic() - worker.last_active >= TRIM_AFTER):
+                trimmed = worker.last_active
+                release_free_memory()
             if self._reload.is_set():
                 self._reload.clear()
                 self._do_reload()

@@ -95,6 +95,8 @@ class Announcer:
         self._overtakers: List[str] = []
         #: monotonic time after which the worker counts as stuck; None while idle
         self._stuck_after: Optional[float] = None
+        #: monotonic time the worker started or last finished an announcement (idle housekeeping)
+        self.last_active = time.monotonic()
         self._deadline = DeadlineWatch()
         self._thread: Optional[threading.Thread] = None
         self._keeper: Optional[threading.Thread] = None
@@ -307,6 +309,7 @@ class Announcer:
                     self._journal(ended=[ann])
             finally:
                 self._stuck_after = None
+                self.last_active = time.monotonic()
 
     def _one(self, ann: Announcement) -> bool:
         """Play one announcement and report how it ended; False at shutdown."""
