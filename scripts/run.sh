@@ -17,7 +17,7 @@ if [ -z "${COZE_SPEAKER_CONFIG:-}" ] && [ ! -f config.yaml ] && [ ! -f /etc/coze
   first_run=1
 fi
 
-apt_install python3-venv alsa-utils gcc python3-dev libasound2-dev
+apt_install python3-venv alsa-utils ca-certificates gcc python3-dev libasound2-dev
 [ -z "$first_run" ] || apt_install mosquitto mosquitto-clients espeak-ng
 
 make_venv

@@ -327,3 +327,14 @@ def test_synthesis_never_loads_requests_or_urllib3(fake_coze):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_doctor_names_the_fix_for_an_untrusted_certificate(tls_server):
+    from coze_speaker.cli.doctor import check_token
+    from coze_speaker.config import config_from_dict
+
+    config = config_from_dict({"coze": {"base_url": tls_server.url, "token": TOKEN}})
+    ok, found, fix = check_token(config)
+    assert not ok and "TLS certificate not trusted" in found
+    assert "ca-certificates" in fix and "SSL_CERT_FILE" in fix
+    assert TOKEN not in found + fix

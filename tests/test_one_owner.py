@@ -33,14 +33,19 @@ def reload(r, probe, tmp_path, change) -> None:
     probe.wait_for(lambda _: len([m for m in probe.on(AVAIL) if m.payload == b"online"]) > onlines, timeout=30)
 
 
-def test_a_reload_hands_pending_announcements_over_with_their_events(start_daemon, probe, fake_coze, tmp_path):
-    """Pending ones are re-submitted on the NEW connection: their final events are not lost."""
-    r = start_daemon()
+def one_playing_one_behind(probe, fake_coze) -> None:
+    """"playing" has started (its audio comes slowly) and "behind" is queued behind it."""
     slow_audio(fake_coze)
     probe.publish(SAY, {"text": "A long announcement that keeps playing for a while. " * 3, "id": "playing"})
     probe.wait_event(EVENT, id="playing", event="started")
     probe.publish(SAY, {"text": "waiting behind it", "id": "behind"})
     probe.wait_event(EVENT, id="behind", event="queued")
+
+
+def test_a_reload_hands_pending_announcements_over_with_their_events(start_daemon, probe, fake_coze, tmp_path):
+    """Pending ones are re-submitted on the NEW connection: their final events are not lost."""
+    r = start_daemon()
+    one_playing_one_behind(probe, fake_coze)
     reload(r, probe, tmp_path, lambda d: d.update(coze={**d["coze"], "voice_id": None},
                                                   fallback={"engine": "none"}))  # no offline voice
     ev = probe.wait_event(EVENT, id="behind", event="failed", timeout=30)
@@ -129,3 +134,13 @@ def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_c
             assert probe.wait_event(EVENT, id=ident, event="finished", timeout=60)
     finally:
         second.stop()
+
+
+def test_a_reload_does_not_repeat_queued(start_daemon, probe, fake_coze, tmp_path):
+    """`queued`, then exactly one final event, also for announcements handed over by a reload."""
+    r = start_daemon()
+    one_playing_one_behind(probe, fake_coze)
+    reload(r, probe, tmp_path, lambda d: d.setdefault("queue", {}).update(max_length=50))
+    probe.wait_event(EVENT, id="behind", event="finished", timeout=60)
+    assert [e["event"] for e in probe.events(EVENT, id="behind")] == ["queued", "started", "finished"]
+    assert [e["event"] for e in probe.events(EVENT, id="playing")] == ["queued", "started", "finished"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 from ..config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from ..coze import CozeClient
+    from ..coze import CozeClient, CozeError
 
 Check = Tuple[bool, str, str]  # ok, what was found, how to fix it
 
@@ -67,10 +67,21 @@ def check_token(config: Config) -> Check:
         try:
             next(iter(client.list_voices(page_size=1)), None)
         except CozeError as exc:
-            fix = {4100: f"the token is invalid or expired, or belongs to the other region than {config.coze.base_url}",
-                   4101: "give the token the listVoice and createSpeech permissions"}.get(exc.code if isinstance(exc.code, int) else 0, "see the message")
-            return (False, f"Coze token: {exc}", fix)
+            return (False, f"Coze token: {exc}", _token_fix(exc, config))
     return (True, f"Coze token works against {config.coze.base_url}", "")
+
+
+def _token_fix(exc: "CozeError", config: Config) -> str:
+    if exc.code == 4100:
+        return f"the token is invalid or expired, or belongs to the other region than {config.coze.base_url}"
+    if exc.code == 4101:
+        return "give the token the listVoice and createSpeech permissions"
+    if "TLS certificate not trusted" in exc.msg:
+        return ("install the system's CA certificates (sudo apt-get install ca-certificates), or point "
+                "SSL_CERT_FILE at the bundle that signs your network's certificates")
+    if "cannot reach" in exc.msg:
+        return f"check the network and coze.base_url ({config.coze.base_url}); behind a proxy set https_proxy"
+    return "see the message"
 
 
 def check_voice(config: Config) -> Check:

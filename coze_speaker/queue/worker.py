@@ -112,7 +112,7 @@ class Announcer:
         """Accept an announcement (event `queued`) or refuse it with one final event; the same
         announcement again (its id pending, or a broker `redelivery` of one that ended) is
         coalesced without an event. `restored`: accepted before (journal, reload), so it is
-        not coalesced with a pending copy of its text."""
+        not coalesced with a pending copy of its text and gets no second `queued`."""
         ann = self.policy.with_deadline(ann)
         try:
             request = self.requests.build(ann.text, voice_id=ann.voice, emotion=ann.emotion,
@@ -138,7 +138,8 @@ class Announcer:
                 if admission.evicted is not None:
                     evicted_item = self._items.pop(admission.evicted.id, None)
                 self._journal(added=ann, ended=[admission.evicted] if admission.evicted is not None else [])
-                self._event(ann, "queued")
+                if not restored:  # a restored one had its `queued` from the instance that accepted it
+                    self._event(ann, "queued")
                 playing = self.policy.playing
                 if admission.interrupt and playing is not None:
                     self._items[playing.id].token.cancel(INTERRUPTED_BY + ann.id)
