@@ -299,6 +299,23 @@ def test_no_proxy_goes_direct(server, proxy, monkeypatch):
     assert proxy.seen == []
 
 
+@pytest.mark.parametrize("value", ["http://user:hunter2@proxy:port", "http://:8080"])
+def test_a_malformed_proxy_variable_is_one_clear_error_without_its_password(server, monkeypatch, value):
+    monkeypatch.setenv("http_proxy", value)
+    with pytest.raises(TransportError, match="http_proxy environment variable is not a proxy URL") as info:
+        HttpSession("test").request("GET", server.url + "/")
+    assert "hunter2" not in str(info.value)
+    assert server.seen == []
+
+
+def test_a_proxy_setup_error_is_not_retried(server, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://proxy:port")
+    client = CozeClient(TOKEN, server.url, retries=3, backoff=0.001)
+    with pytest.raises(CozeError, match="http_proxy environment variable") as info:
+        list(client.list_voices())
+    assert info.value.retryable is False
+
+
 def test_an_https_proxy_url_is_refused_clearly(server, monkeypatch):
     monkeypatch.setenv("http_proxy", "https://127.0.0.1:1")
     with pytest.raises(TransportError, match="only http:// proxies"):

@@ -238,7 +238,7 @@ class CozeClient:
                 raise CozeError(STALE, code="timeout") from None
             raise CozeError(f"no answer from {self.host} within {timeout:g} s", retryable=True) from None
         except TransportError as exc:
-            raise CozeError(f"cannot reach {self.host} ({exc.reason})", retryable=True) from None
+            raise CozeError(f"cannot reach {self.host} ({exc.reason})", retryable=exc.retryable) from None
         stream = bool(kwargs.get("stream"))
         if not stream or is_json(response) or response.status_code >= 400:
             body = read_up_to(response.iter_content(8192), MAX_ERROR_BODY) if stream else response.content

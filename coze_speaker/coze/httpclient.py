@@ -38,8 +38,10 @@ class TransportError(Exception):
     """The exchange failed below HTTP (no connection, TLS, a reset, a body cut short); `reason`
     is short enough for a log line."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True) -> None:
         self.reason = reason
+        #: False for a setup error (a bad URL or proxy variable): trying again cannot help
+        self.retryable = retryable
         super().__init__(reason)
 
 
@@ -143,7 +145,7 @@ class HttpSession:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
-            raise TransportError(f"not an http(s) URL: {url!r}")
+            raise TransportError(f"not an http(s) URL: {url!r}", retryable=False)
         target = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if params:
@@ -209,7 +211,8 @@ class HttpSession:
             return http.client.HTTPConnection(host, port, timeout=connect_timeout), None
         p_scheme, p_host, p_port, auth = proxy
         if p_scheme != "http":
-            raise TransportError(f"only http:// proxies are supported, not {p_scheme}:// ({scheme}_proxy)")
+            raise TransportError(f"only http:// proxies are supported, not {p_scheme}:// ({scheme}_proxy)",
+                                 retryable=False)
         if scheme == "http":
             return http.client.HTTPConnection(p_host, p_port, timeout=connect_timeout), proxy
         # HTTPS through the proxy: CONNECT, then TLS with the target inside the tunnel
@@ -259,7 +262,7 @@ def _has_capath() -> bool:
 def _proxy_for(target: Target) -> Optional[Proxy]:
     """(scheme, host, port, Proxy-Authorization value) of the proxy the environment names for
     this target, None for a direct connection."""
-    scheme, host, port = target
+    scheme, host, _ = target
     proxies = getproxies_environment()
     url = proxies.get(scheme) or proxies.get("all")
     if not url or proxy_bypass(host):
@@ -267,14 +270,19 @@ def _proxy_for(target: Target) -> Optional[Proxy]:
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if not parts.hostname:
-        return None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1:  # never echo the URL: it may hold a password
+        raise TransportError(f"the {scheme}_proxy environment variable is not a proxy URL (http://host:port)",
+                             retryable=False)
     auth = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         auth = "Basic " + base64.b64encode(pair).decode("ascii")
     p_scheme = parts.scheme.lower()
-    return p_scheme, parts.hostname, parts.port or (443 if p_scheme == "https" else 80), auth
+    return p_scheme, parts.hostname, port or (443 if p_scheme == "https" else 80), auth
 
 
 def _encode_body(json: Any, data: Optional[Mapping[str, str]],
