@@ -193,6 +193,9 @@ run_platform() {
   mnt "$root/root/.cache/pip" --bind "$dir/pip-cache"
 
   git clone -q --no-local --branch "$branch" --single-branch "$REPO" "$root/src/coze-speaker"
+  # what this platform tests: the branch moves on while a long matrix runs
+  local commit
+  commit="$(git -C "$root/src/coze-speaker" rev-parse --short HEAD)"
   local python
   python="$(in_chroot "$root" python3 -c 'import platform; print(platform.python_version())')"
 
