@@ -360,3 +360,13 @@ def test_doctor_names_the_fix_for_an_untrusted_certificate(tls_server):
     assert not ok and "TLS certificate not trusted" in found
     assert "ca-certificates" in fix and "SSL_CERT_FILE" in fix
     assert TOKEN not in found + fix
+
+
+def test_doctor_names_the_fix_for_a_bad_proxy_variable(server, monkeypatch):
+    from coze_speaker.cli.doctor import check_token
+    from coze_speaker.config import config_from_dict
+
+    monkeypatch.setenv("http_proxy", "http://bob:hunter2@proxy:port")
+    ok, found, fix = check_token(config_from_dict({"coze": {"base_url": server.url, "token": TOKEN}}))
+    assert not ok and "http_proxy environment variable" in found and "hunter2" not in found + fix
+    assert fix.startswith("set https_proxy to http://host:port")

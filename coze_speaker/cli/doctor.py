@@ -79,6 +79,8 @@ def _token_fix(exc: "CozeError", config: Config) -> str:
     if "TLS certificate not trusted" in exc.msg:
         return ("install the system's CA certificates (sudo apt-get install ca-certificates), or point "
                 "SSL_CERT_FILE at the bundle that signs your network's certificates")
+    if "_proxy environment variable" in exc.msg or "proxies are supported" in exc.msg:
+        return "set https_proxy to http://host:port (http://user:password@host:port with a login), or unset it"
     if "cannot reach" in exc.msg:
         return f"check the network and coze.base_url ({config.coze.base_url}); behind a proxy set https_proxy"
     return "see the message"
