@@ -120,7 +120,8 @@ def test_fake_pcm_is_what_the_sink_plays():  # guards the helper the tests above
 
 def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_coze, broker, probe, alsa_sink):
     """systemctl restart while something plays: the queued ones, and the one that was playing,
-    are spoken after the restart; no event claims they ended."""
+    are spoken after the restart; no event claims they ended. The one that was playing says
+    `requeued` (reason shutdown) before its second `started`; nothing gets a second `queued`."""
     from test_faults import DaemonProcess, online, stop_with_a_held_queue
 
     path = write_config(tmp_path, fake_coze, broker)
@@ -134,6 +135,11 @@ def test_sigterm_while_speaking_keeps_the_queue_for_the_restart(tmp_path, fake_c
             assert probe.wait_event(EVENT, id=ident, event="finished", timeout=60)
     finally:
         second.stop()
+    head = probe.events(EVENT, id="head")
+    assert [e["event"] for e in head] == ["queued", "started", "requeued", "started", "finished"]
+    assert head[2]["reason"] == "shutdown"
+    for ident in ("q0", "q1", "q2"):
+        assert [e["event"] for e in probe.events(EVENT, id=ident)] == ["queued", "started", "finished"]
 
 
 def test_a_reload_does_not_repeat_queued(start_daemon, probe, fake_coze, tmp_path):
@@ -144,3 +150,19 @@ def test_a_reload_does_not_repeat_queued(start_daemon, probe, fake_coze, tmp_pat
     probe.wait_event(EVENT, id="behind", event="finished", timeout=60)
     assert [e["event"] for e in probe.events(EVENT, id="behind")] == ["queued", "started", "finished"]
     assert [e["event"] for e in probe.events(EVENT, id="playing")] == ["queued", "started", "finished"]
+
+
+def test_a_reload_that_cuts_the_playing_one_off_says_requeued(start_daemon, probe, fake_coze, tmp_path, monkeypatch):
+    """Past the reload's finish limit the playing announcement is cut off and handed over: it
+    reports `requeued` (reason reload), then plays again from the start under the new config."""
+    import coze_speaker.app.daemon as daemon_module
+
+    r = start_daemon()
+    one_playing_one_behind(probe, fake_coze)
+    monkeypatch.setattr(daemon_module, "RELOAD_FINISH_LIMIT", 0.0)  # instead of waiting 120 s
+    reload(r, probe, tmp_path, lambda d: d.setdefault("queue", {}).update(max_length=50))
+    fake_coze.chunk_delay = 0
+    probe.wait_event(EVENT, id="playing", event="finished", timeout=60)
+    playing = probe.events(EVENT, id="playing")
+    assert [e["event"] for e in playing] == ["queued", "started", "requeued", "started", "finished"]
+    assert playing[2]["reason"] == "reload"

@@ -268,7 +268,7 @@ class Daemon:
             sdnotify.notify(_status(f"reload failed, running on the previous config: {exc}"))
             return
         self._let_it_finish(old.worker)
-        pending: List[Announcement] = old.worker.shutdown()
+        pending: List[Announcement] = old.worker.shutdown(why="reload")
         old.front.stop(offline=False)
         if old.wyoming is not None:  # a request in flight is cut off; the new one binds the port at once
             old.wyoming.stop()

@@ -240,9 +240,10 @@ class Announcer:
         self._keeper = threading.Thread(target=self._keep, name="coze-speaker-queue", daemon=True)
         self._keeper.start()
 
-    def shutdown(self, timeout: float = 3.0) -> List[Announcement]:
+    def shutdown(self, timeout: float = 3.0, *, why: str = SHUTDOWN) -> List[Announcement]:
         """Stop the worker and return what is pending, the playing one first (it plays again
-        from the start next time). No event is sent and the journal keeps them all."""
+        from the start next time: it gets `requeued` with reason `why`, after its `started`).
+        The journal keeps them all."""
         with self._lock:
             self._running = False
             playing = self.policy.playing
@@ -259,7 +260,9 @@ class Announcer:
             self._keeper.join(timeout)
         self._deadline.close()
         if playing is not None:
-            log.info("announcement %s was playing at shutdown; it stays queued", playing.id)
+            log.info("announcement %s was playing at %s; it stays queued", playing.id, why)
+            if self._thread is None or not self._thread.is_alive():  # else its `started` may still come
+                self._event(playing, "requeued", reason=why)
         return pending
 
     @property
