@@ -76,9 +76,6 @@ class Response:
 
     def iter_content(self, chunk_size: int = 8192) -> Iterator[bytes]:
         """The body as it arrives: each chunk is what one read brought (at most chunk_size)."""
-        if self._content is not None:
-            yield self._content
-            return
         while True:
             try:
                 chunk = self._raw.read1(chunk_size)
@@ -138,9 +135,9 @@ class HttpSession:
                 timeout: Tuple[float, float] = (5.0, 15.0), stream: bool = False) -> Response:
         """Send one request and return once the status line and headers are in.
 
-        `files` maps a field to (filename, file object or bytes, content type); with it, `data`
-        goes as the other form fields of a multipart body. Unless `stream`, the body is read
-        before returning.
+        `files` maps a field to (filename, file object or bytes, content type); `data` goes as
+        the other form fields of that multipart body. Unless `stream`, the body is read before
+        returning.
         """
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -289,21 +286,19 @@ def _encode_body(json: Any, data: Optional[Mapping[str, str]],
                  files: Optional[Mapping[str, Tuple[str, Any, str]]]) -> Tuple[Optional[bytes], Optional[str]]:
     if json is not None:
         return jsonlib.dumps(json, ensure_ascii=False).encode("utf-8"), "application/json"
-    if files:
+    if files or data:  # form fields go as multipart/form-data, the one form Coze takes (clone)
         boundary = secrets.token_hex(16)
         out = bytearray()
         for name, value in (data or {}).items():
             out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{_quote(name)}\"\r\n\r\n"
                     ).encode("utf-8") + str(value).encode("utf-8") + b"\r\n"
-        for name, (filename, content, ctype) in files.items():
+        for name, (filename, content, ctype) in (files or {}).items():
             payload = content if isinstance(content, (bytes, bytearray)) else content.read()
             out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{_quote(name)}\"; "
                     f"filename=\"{_quote(filename)}\"\r\nContent-Type: {ctype}\r\n\r\n").encode("utf-8")
             out += payload + b"\r\n"
         out += f"--{boundary}--\r\n".encode("ascii")
         return bytes(out), f"multipart/form-data; boundary={boundary}"
-    if data:
-        return urlencode(data).encode("ascii"), "application/x-www-form-urlencoded"
     return None, None
 
 
